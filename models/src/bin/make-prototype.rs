@@ -1,0 +1,32 @@
+//! Writes the prototype engine (and, with --onnx-dir, its two ONNX graphs).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+
+/// Build the training-free prototype engine.
+#[derive(Parser)]
+struct Args {
+    /// Engine file to write.
+    #[arg(short, long, default_value = "models/prototype.plan")]
+    out: PathBuf,
+    /// Also write encoder.onnx, decoder.onnx and manifest.json into this folder.
+    #[arg(long)]
+    onnx_dir: Option<PathBuf>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let parts = segicl_models::prototype::engine_parts()?;
+    if let Some(dir) = &args.onnx_dir {
+        std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
+        std::fs::write(dir.join("encoder.onnx"), &parts.encoder)?;
+        std::fs::write(dir.join("decoder.onnx"), &parts.decoder)?;
+        std::fs::write(dir.join("manifest.json"), parts.manifest.to_json())?;
+    }
+    let bytes = parts.to_bytes()?;
+    std::fs::write(&args.out, &bytes).with_context(|| args.out.display().to_string())?;
+    println!("wrote {} ({} bytes)", args.out.display(), bytes.len());
+    Ok(())
+}

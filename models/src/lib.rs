@@ -1,0 +1,5 @@
+//! Model builders for segicl-edge. Today: the training-free prototype engine
+//! (`models/prototype.plan`), the classical few-shot baseline and the test fixture.
+
+pub mod onnx;
+pub mod prototype;

@@ -1,0 +1,262 @@
+//! The prototype engine: classical few-shot segmentation by nearest prototype, written as an
+//! encoder/decoder pair that fits the model contract, with no training.
+//!
+//! Encoder: fixed filters give F = 5 features per pixel (local means at 3, 9 and 17 pixels,
+//! local standard deviation at 9, gradient magnitude); a shot's mask splits the frame into its
+//! foreground, a ring of background around it and the rest, each split again into the pixels
+//! darker and brighter than its mean, and the mean feature of each part is a token (T = 6).
+//! Decoder: each valid shot votes γ × (distance to its nearest background token − distance to
+//! its nearest foreground token); a pixel's logit is the mean vote.
+
+use segicl::manifest::{
+    ColourRule, DType, Direction, Graph, Manifest, Normalisation, Precision, TensorSpec, MAX_SHOTS,
+};
+use segicl::pack::{stored_shot, EngineParts};
+use segicl::shots::DefaultShots;
+use segicl::synthetic::{self, Task};
+
+use crate::onnx::{Attr, GraphBuilder};
+
+/// Side of the encoder's input.
+pub const RESOLUTION: usize = 128;
+/// Features per pixel.
+pub const FEATURES: usize = 5;
+/// Tokens per shot: the darker and the brighter half of the foreground, of the near background
+/// and of the far background, in the order fg, near, far (darker), fg, near, far (brighter).
+pub const TOKENS: usize = 6;
+/// Which of a shot's tokens describe the foreground.
+const FOREGROUND: [i64; 2] = [0, 3];
+/// Which of a shot's tokens describe the background.
+const BACKGROUND: [i64; 4] = [1, 2, 4, 5];
+/// Weight of each feature in the distance: local means 3/9/17, local std, gradient.
+const FEATURE_WEIGHTS: [f32; FEATURES] = [1.0, 1.0, 0.7, 2.0, 0.25];
+/// Side of the max-pool that dilates the mask into the near-background ring.
+const RING: i64 = 15;
+/// Logit scale γ.
+const GAMMA: f32 = 50.0;
+/// Offset added to a token whose region is empty, so that it is never the nearest.
+const EMPTY_TOKEN: f32 = 1.0e3;
+/// Seeds of the default shots stored for each synthetic task.
+const DEFAULT_SHOT_SEEDS: [u64; 3] = [9001, 9002, 9003];
+
+fn avg_pool(g: &mut GraphBuilder, x: &str, k: i64) -> String {
+    let p = k / 2;
+    g.op(
+        "AveragePool",
+        &[x],
+        vec![
+            ("kernel_shape", Attr::Ints(vec![k, k])),
+            ("pads", Attr::Ints(vec![p, p, p, p])),
+            ("count_include_pad", Attr::Int(0)),
+        ],
+    )
+}
+
+/// Mean feature (\[1, k, F\]) and area (\[1, k, 1\]) of k weighted regions (\[1, k, R·R\]),
+/// given the features as \[1, R·R, F\].
+fn region_means(g: &mut GraphBuilder, regions: &str, flat_t: &str) -> (String, String) {
+    let sums = g.op("MatMul", &[regions, flat_t], vec![]);
+    let axis2 = g.ints(&[2]);
+    let area = g.op("ReduceSum", &[regions, &axis2], vec![("keepdims", Attr::Int(1))]);
+    let eps = g.scalar(1e-6);
+    let area_eps = g.op("Add", &[&area, &eps], vec![]);
+    (g.op("Div", &[&sums, &area_eps], vec![]), area)
+}
+
+/// The encoder graph (ONNX bytes).
+pub fn encoder() -> Vec<u8> {
+    let r = RESOLUTION;
+    let rr = (r * r) as i64;
+    let mut g = GraphBuilder::new("prototype-encoder");
+    let image = g.input("image", &[1, 1, r, r]);
+    let mask = g.input("mask", &[1, 1, r, r]);
+
+    let m3 = avg_pool(&mut g, &image, 3);
+    let m9 = avg_pool(&mut g, &image, 9);
+    let m17 = avg_pool(&mut g, &image, 17);
+    let sq = g.op("Mul", &[&image, &image], vec![]);
+    let s9 = avg_pool(&mut g, &sq, 9);
+    let m9sq = g.op("Mul", &[&m9, &m9], vec![]);
+    let var = g.op("Sub", &[&s9, &m9sq], vec![]);
+    let var = g.op("Relu", &[&var], vec![]);
+    let eps = g.scalar(1e-6);
+    let var = g.op("Add", &[&var, &eps], vec![]);
+    let std = g.op("Sqrt", &[&var], vec![]);
+
+    let pads = g.ints(&[0, 0, 1, 1, 0, 0, 1, 1]);
+    let padded = g.op("Pad", &[&m3, &pads], vec![("mode", Attr::Str("edge"))]);
+    let sobel = g.constant(
+        &[2, 1, 3, 3],
+        vec![-1.0, 0.0, 1.0, -2.0, 0.0, 2.0, -1.0, 0.0, 1.0, -1.0, -2.0, -1.0, 0.0, 0.0, 0.0, 1.0, 2.0, 1.0],
+    );
+    let grad = g.op("Conv", &[&padded, &sobel], vec![("kernel_shape", Attr::Ints(vec![3, 3]))]);
+    let grad2 = g.op("Mul", &[&grad, &grad], vec![]);
+    let axis1 = g.ints(&[1]);
+    let grad2 = g.op("ReduceSum", &[&grad2, &axis1], vec![("keepdims", Attr::Int(1))]);
+    let grad2 = g.op("Add", &[&grad2, &eps], vec![]);
+    let gmag = g.op("Sqrt", &[&grad2], vec![]);
+
+    let feat = g.op("Concat", &[&m3, &m9, &m17, &std, &gmag], vec![("axis", Attr::Int(1))]);
+    let weights = g.constant(&[1, FEATURES, 1, 1], FEATURE_WEIGHTS.to_vec());
+    let feat = g.op("Mul", &[&feat, &weights], vec![]);
+    g.output(&feat, "feat_0", &[1, FEATURES, r, r]);
+
+    let dilated = g.op(
+        "MaxPool",
+        &[&mask],
+        vec![("kernel_shape", Attr::Ints(vec![RING, RING])), ("pads", Attr::Ints(vec![RING / 2; 4]))],
+    );
+    let ring = g.op("Sub", &[&dilated, &mask], vec![]);
+    let one = g.scalar(1.0);
+    let far = g.op("Sub", &[&one, &dilated], vec![]);
+    let regions = g.op("Concat", &[&mask, &ring, &far], vec![("axis", Attr::Int(1))]);
+    let shape = g.ints(&[1, 3, rr]);
+    let regions = g.op("Reshape", &[&regions, &shape], vec![]);
+    let shape = g.ints(&[1, FEATURES as i64, rr]);
+    let flat = g.op("Reshape", &[&feat, &shape], vec![]);
+    let flat_t = g.op("Transpose", &[&flat], vec![("perm", Attr::Ints(vec![0, 2, 1]))]);
+    let (means, _) = region_means(&mut g, &regions, &flat_t);
+    // Split each region at its mean local intensity (feature 1) into a darker and a brighter part.
+    let m9_ix = g.ints(&[1]);
+    let level = g.op("Gather", &[&means, &m9_ix], vec![("axis", Attr::Int(2))]);
+    let pixel = g.op("Gather", &[&flat, &m9_ix], vec![("axis", Attr::Int(1))]);
+    let below = g.op("Sub", &[&level, &pixel], vec![]);
+    let below = g.op("Sign", &[&below], vec![]);
+    let darker = g.op("Relu", &[&below], vec![]);
+    let brighter = g.op("Sub", &[&one, &darker], vec![]);
+    let dark = g.op("Mul", &[&regions, &darker], vec![]);
+    let bright = g.op("Mul", &[&regions, &brighter], vec![]);
+    let regions = g.op("Concat", &[&dark, &bright], vec![("axis", Attr::Int(1))]);
+    let (means, area) = region_means(&mut g, &regions, &flat_t);
+    // An empty region (area < 0.5) moves its token EMPTY_TOKEN away from every feature.
+    let half = g.scalar(0.5);
+    let lack = g.op("Sub", &[&half, &area], vec![]);
+    let lack = g.op("Relu", &[&lack], vec![]);
+    let big = g.scalar(2.0 * EMPTY_TOKEN);
+    let offset = g.op("Mul", &[&lack, &big], vec![]);
+    let ctx = g.op("Add", &[&means, &offset], vec![]);
+    g.output(&ctx, "ctx", &[1, TOKENS, FEATURES]);
+    g.finish()
+}
+
+/// The decoder graph (ONNX bytes).
+pub fn decoder() -> Vec<u8> {
+    let r = RESOLUTION;
+    let n = MAX_SHOTS * TOKENS;
+    let mut g = GraphBuilder::new("prototype-decoder");
+    let feat = g.input("feat_0", &[1, FEATURES, r, r]);
+    let ctx = g.input("ctx", &[1, n, FEATURES]);
+    let valid = g.input("ctx_valid", &[1, n]);
+
+    let shape = g.ints(&[1, FEATURES as i64, (r * r) as i64]);
+    let flat = g.op("Reshape", &[&feat, &shape], vec![]);
+    let dot = g.op("MatMul", &[&ctx, &flat], vec![]);
+    let two = g.scalar(2.0);
+    let dot2 = g.op("Mul", &[&dot, &two], vec![]);
+    let f2 = g.op("Mul", &[&flat, &flat], vec![]);
+    let axis1 = g.ints(&[1]);
+    let f2 = g.op("ReduceSum", &[&f2, &axis1], vec![("keepdims", Attr::Int(1))]);
+    let c2 = g.op("Mul", &[&ctx, &ctx], vec![]);
+    let axis2 = g.ints(&[2]);
+    let c2 = g.op("ReduceSum", &[&c2, &axis2], vec![("keepdims", Attr::Int(1))]);
+    let d = g.op("Sub", &[&f2, &dot2], vec![]);
+    let d = g.op("Add", &[&d, &c2], vec![]);
+    // Each shot votes with its own margin; the logit is the mean vote of the valid shots.
+    let s = MAX_SHOTS as i64;
+    let shape = g.ints(&[1, s, TOKENS as i64, (r * r) as i64]);
+    let d = g.op("Reshape", &[&d, &shape], vec![]);
+    let fg_ix = g.ints(&FOREGROUND);
+    let fg = g.op("Gather", &[&d, &fg_ix], vec![("axis", Attr::Int(2))]);
+    let fg = g.op("ReduceMin", &[&fg], vec![("axes", Attr::Ints(vec![2])), ("keepdims", Attr::Int(1))]);
+    let bg_ix = g.ints(&BACKGROUND);
+    let bg = g.op("Gather", &[&d, &bg_ix], vec![("axis", Attr::Int(2))]);
+    let bg = g.op("ReduceMin", &[&bg], vec![("axes", Attr::Ints(vec![2])), ("keepdims", Attr::Int(1))]);
+    let margin = g.op("Sub", &[&bg, &fg], vec![]);
+    let first = g.ints(&(0..s).map(|k| k * TOKENS as i64).collect::<Vec<_>>());
+    let shot_valid = g.op("Gather", &[&valid, &first], vec![("axis", Attr::Int(1))]);
+    let shape = g.ints(&[1, s, 1, 1]);
+    let shot_valid = g.op("Reshape", &[&shot_valid, &shape], vec![]);
+    let votes = g.op("Mul", &[&margin, &shot_valid], vec![]);
+    let votes = g.op("ReduceSum", &[&votes, &axis1], vec![("keepdims", Attr::Int(0))]);
+    let count = g.op("ReduceSum", &[&shot_valid, &axis1], vec![("keepdims", Attr::Int(0))]);
+    let eps = g.scalar(1e-6);
+    let count = g.op("Add", &[&count, &eps], vec![]);
+    let margin = g.op("Div", &[&votes, &count], vec![]);
+    let gamma = g.scalar(GAMMA);
+    let logits = g.op("Mul", &[&margin, &gamma], vec![]);
+    let shape = g.ints(&[1, 1, r as i64, r as i64]);
+    let logits = g.op("Reshape", &[&logits, &shape], vec![]);
+    g.output(&logits, "logits", &[1, 1, r, r]);
+    g.finish()
+}
+
+/// The manifest of the prototype engine.
+pub fn manifest() -> Manifest {
+    use Direction::*;
+    use Graph::*;
+    let r = RESOLUTION;
+    let t = |graph, direction, name: &str, shape: &[usize]| TensorSpec {
+        graph,
+        direction,
+        name: name.into(),
+        shape: shape.to_vec(),
+        dtype: DType::F32,
+    };
+    Manifest {
+        name: "segicl-prototype".into(),
+        version: "1.0.0".into(),
+        resolution: r,
+        channels: 1,
+        colour: ColourRule::Luma,
+        normalisation: Normalisation::MinMax,
+        max_shots: MAX_SHOTS,
+        tokens_per_shot: TOKENS,
+        token_width: FEATURES,
+        threshold: 0.5,
+        precision: Precision { encoder: DType::F32, decoder: DType::F32 },
+        tensors: vec![
+            t(Encoder, Input, "image", &[1, 1, r, r]),
+            t(Encoder, Input, "mask", &[1, 1, r, r]),
+            t(Encoder, Output, "feat_0", &[1, FEATURES, r, r]),
+            t(Encoder, Output, "ctx", &[1, TOKENS, FEATURES]),
+            t(Decoder, Input, "feat_0", &[1, FEATURES, r, r]),
+            t(Decoder, Input, "ctx", &[1, MAX_SHOTS * TOKENS, FEATURES]),
+            t(Decoder, Input, "ctx_valid", &[1, MAX_SHOTS * TOKENS]),
+            t(Decoder, Output, "logits", &[1, 1, r, r]),
+        ],
+        default_shot_tasks: vec![],
+    }
+}
+
+/// Default shots: three synthetic samples of every synthetic task.
+pub fn default_shots() -> segicl::Result<DefaultShots> {
+    let mut tasks = Vec::new();
+    for task in Task::ALL {
+        let shots = DEFAULT_SHOT_SEEDS
+            .iter()
+            .map(|&seed| {
+                let (image, mask) = synthetic::sample(task, seed);
+                let mask = segicl::OwnedImage {
+                    width: image.width,
+                    height: image.height,
+                    format: segicl::PixelFormat::Gray8,
+                    data: mask,
+                };
+                stored_shot(&image.view(), &mask.view(), RESOLUTION)
+            })
+            .collect::<segicl::Result<Vec<_>>>()?;
+        tasks.push((task.name().to_string(), shots));
+    }
+    Ok(DefaultShots { tasks })
+}
+
+/// All parts of the prototype engine.
+pub fn engine_parts() -> segicl::Result<EngineParts> {
+    Ok(EngineParts {
+        manifest: manifest(),
+        encoder: encoder(),
+        decoder: decoder(),
+        card: Some(include_str!("../PROTOTYPE_CARD.md").to_string()),
+        shots: default_shots()?,
+    })
+}

@@ -1,0 +1,219 @@
+//! The CPU backend: tract runs both ONNX graphs, optimised once at open with static shapes.
+
+use std::sync::Arc;
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::runtime::RunOptions;
+use tract_onnx::tract_core::tract_linalg::multithread::Executor;
+
+use super::{Backend, Runner};
+use crate::error::{Error, Result};
+use crate::format::{EngineFile, Tag};
+use crate::manifest::{Direction, Graph, Manifest};
+
+type Plan = Arc<TypedRunnableModel>;
+
+/// Both graphs of an engine, optimised for this CPU.
+pub struct CpuBackend {
+    encoder: Plan,
+    decoder: Plan,
+    /// Where each decoder input comes from, in the decoder's input order.
+    decoder_inputs: Vec<DecoderInput>,
+    /// Position of `ctx` among the encoder outputs; the others are features, in order.
+    ctx_output: usize,
+    shapes: Shapes,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum DecoderInput {
+    Feature(usize),
+    Ctx,
+    CtxValid,
+}
+
+#[derive(Debug, Clone)]
+struct Shapes {
+    image: [usize; 4],
+    mask: [usize; 4],
+    ctx: [usize; 3],
+    ctx_valid: [usize; 2],
+}
+
+impl CpuBackend {
+    /// Loads, checks against the manifest and optimises both graphs; `threads` > 1 enables
+    /// tract's multithreaded matrix products.
+    pub fn prepare(file: &EngineFile, manifest: &Manifest, threads: usize) -> Result<Self> {
+        let executor = (threads > 1).then(|| Executor::multithread(threads));
+        let options = RunOptions { executor, ..Default::default() };
+        let (encoder, enc_out) = load(file, manifest, Graph::Encoder, &options)?;
+        let (decoder, _) = load(file, manifest, Graph::Decoder, &options)?;
+        let ctx_output = enc_out.iter().position(|n| n == "ctx").expect("checked by load");
+        let features: Vec<&String> = enc_out.iter().filter(|n| *n != "ctx").collect();
+        let decoder_inputs = input_names(&decoder)?
+            .iter()
+            .map(|name| match name.as_str() {
+                "ctx" => DecoderInput::Ctx,
+                "ctx_valid" => DecoderInput::CtxValid,
+                feat => DecoderInput::Feature(features.iter().position(|f| *f == feat).expect("checked by load")),
+            })
+            .collect();
+        let (r, c, t, d, s) = (
+            manifest.resolution,
+            manifest.channels,
+            manifest.tokens_per_shot,
+            manifest.token_width,
+            manifest.max_shots,
+        );
+        Ok(CpuBackend {
+            encoder,
+            decoder,
+            decoder_inputs,
+            ctx_output,
+            shapes: Shapes { image: [1, c, r, r], mask: [1, 1, r, r], ctx: [1, s * t, d], ctx_valid: [1, s * t] },
+        })
+    }
+}
+
+fn graph_name(graph: Graph) -> &'static str {
+    match graph {
+        Graph::Encoder => "encoder",
+        Graph::Decoder => "decoder",
+    }
+}
+
+fn input_names(plan: &Plan) -> Result<Vec<String>> {
+    let model = plan.model();
+    let outlets = model.input_outlets().map_err(|e| Error::contract("decoder", e.to_string()))?;
+    Ok(outlets.iter().map(|o| model.node(o.node).name.clone()).collect())
+}
+
+/// Loads one graph, fixes its input shapes from the manifest, checks every input and output
+/// against the tensor table and optimises it. Returns the plan and its output names in order.
+fn load(file: &EngineFile, manifest: &Manifest, graph: Graph, options: &RunOptions) -> Result<(Plan, Vec<String>)> {
+    let name = graph_name(graph);
+    let (tag, onnx_err) = match graph {
+        Graph::Encoder => (Tag::ENCODER, "ENCODER"),
+        Graph::Decoder => (Tag::DECODER, "DECODER"),
+    };
+    let bytes = file.section(tag).expect("verified engines have both graphs");
+    let fail = |what: String| Error::contract(name, what);
+    let mut model = tract_onnx::onnx()
+        .model_for_read(&mut &bytes[..])
+        .map_err(|e| fail(format!("section {onnx_err} is not a loadable ONNX graph: {e:#}")))?;
+    let inputs: Vec<String> = model
+        .input_outlets()
+        .map_err(|e| fail(e.to_string()))?
+        .iter()
+        .map(|o| model.node(o.node).name.clone())
+        .collect();
+    let expected: Vec<_> = manifest.tensors(graph, Direction::Input).collect();
+    for input in &inputs {
+        if !expected.iter().any(|t| &t.name == input) {
+            return Err(fail(format!("graph input `{input}` is not in the manifest's tensor table")));
+        }
+    }
+    for (ix, input) in inputs.iter().enumerate() {
+        let spec = expected.iter().find(|t| &t.name == input).expect("checked above");
+        model.set_input_fact(ix, f32::fact(&spec.shape).into()).map_err(|e| fail(format!("input `{input}`: {e}")))?;
+    }
+    for spec in &expected {
+        if !inputs.contains(&spec.name) {
+            return Err(fail(format!("the manifest lists input `{}` but the graph has no such input", spec.name)));
+        }
+    }
+    let typed = model.into_typed().map_err(|e| fail(format!("cannot infer static shapes: {e:#}")))?;
+    let mut outputs = Vec::new();
+    for outlet in typed.output_outlets().map_err(|e| fail(e.to_string()))? {
+        let label = typed.outlet_label(*outlet).unwrap_or(&typed.node(outlet.node).name).to_string();
+        let spec = manifest
+            .tensors(graph, Direction::Output)
+            .find(|t| t.name == label)
+            .ok_or_else(|| fail(format!("graph output `{label}` is not in the manifest's tensor table")))?;
+        let fact = typed.outlet_fact(*outlet).map_err(|e| fail(e.to_string()))?;
+        let shape: Option<Vec<usize>> = fact.shape.as_concrete().map(|s| s.to_vec());
+        if shape.as_deref() != Some(&spec.shape[..]) || fact.datum_type != f32::datum_type() {
+            return Err(fail(format!(
+                "output `{label}` is {:?} {:?}, the manifest says f32 {:?}",
+                fact.datum_type, fact.shape, spec.shape
+            )));
+        }
+        outputs.push(label);
+    }
+    for spec in manifest.tensors(graph, Direction::Output) {
+        if !outputs.contains(&spec.name) {
+            return Err(fail(format!("the manifest lists output `{}` but the graph has no such output", spec.name)));
+        }
+    }
+    let plan = typed
+        .into_optimized()
+        .and_then(|m| m.into_runnable_with_options(options))
+        .map_err(|e| fail(format!("cannot optimise for the CPU: {e:#}")))?;
+    Ok((plan, outputs))
+}
+
+impl Backend for CpuBackend {
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn runner(&self) -> Result<Box<dyn Runner>> {
+        let backend_err = |e: TractError| Error::Backend { backend: "cpu", what: e.to_string() };
+        Ok(Box::new(CpuRunner {
+            encoder: self.encoder.spawn().map_err(backend_err)?,
+            decoder: self.decoder.spawn().map_err(backend_err)?,
+            decoder_inputs: self.decoder_inputs.clone(),
+            ctx_output: self.ctx_output,
+            shapes: self.shapes.clone(),
+            features: TVec::new(),
+        }))
+    }
+}
+
+struct CpuRunner {
+    encoder: TypedSimpleState,
+    decoder: TypedSimpleState,
+    decoder_inputs: Vec<DecoderInput>,
+    ctx_output: usize,
+    shapes: Shapes,
+    features: TVec<TValue>,
+}
+
+fn run_err(graph: &str, e: TractError) -> Error {
+    Error::Backend { backend: "cpu", what: format!("{graph} failed: {e:#}") }
+}
+
+fn tensor(shape: &[usize], data: &[f32]) -> Result<TValue> {
+    Tensor::from_shape(shape, data).map(|t| t.into_tvalue()).map_err(|e| run_err("input", e))
+}
+
+impl Runner for CpuRunner {
+    fn encode(&mut self, image: &[f32], mask: &[f32], ctx: &mut [f32]) -> Result<()> {
+        let inputs = tvec![tensor(&self.shapes.image, image)?, tensor(&self.shapes.mask, mask)?];
+        let mut outputs = self.encoder.run(inputs).map_err(|e| run_err("encoder", e))?;
+        let tokens = outputs.remove(self.ctx_output);
+        ctx.copy_from_slice(
+            tokens.try_as_plain_ram().and_then(|v| v.as_slice::<f32>()).map_err(|e| run_err("encoder", e))?,
+        );
+        self.features = outputs;
+        Ok(())
+    }
+
+    fn decode(&mut self, ctx: &[f32], ctx_valid: &[f32], logits: &mut [f32]) -> Result<()> {
+        if self.features.is_empty() {
+            return Err(Error::Backend { backend: "cpu", what: "decode called before encode".into() });
+        }
+        let mut inputs = TVec::with_capacity(self.decoder_inputs.len());
+        for source in &self.decoder_inputs {
+            inputs.push(match source {
+                DecoderInput::Feature(i) => self.features[*i].clone(),
+                DecoderInput::Ctx => tensor(&self.shapes.ctx, ctx)?,
+                DecoderInput::CtxValid => tensor(&self.shapes.ctx_valid, ctx_valid)?,
+            });
+        }
+        let outputs = self.decoder.run(inputs).map_err(|e| run_err("decoder", e))?;
+        logits.copy_from_slice(
+            outputs[0].try_as_plain_ram().and_then(|v| v.as_slice::<f32>()).map_err(|e| run_err("decoder", e))?,
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,154 @@
+//! `bench`: latency of each stage of a frame with cached shots, and of the uncached path
+//! (every shot re-encoded for every frame) as the baseline in the same run.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use segicl::synthetic::Task;
+use segicl::{MaskMut, OwnedImage, PixelFormat};
+
+use crate::eval::synthetic_samples;
+use crate::Global;
+
+/// Arguments of `bench`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Shots in the context (1 to 3).
+    #[arg(long, default_value_t = 3)]
+    shots: usize,
+    /// Timed frames per path.
+    #[arg(long, default_value_t = 100)]
+    frames: usize,
+    /// Untimed frames first.
+    #[arg(long, default_value_t = 5)]
+    warmup: usize,
+    /// Synthetic task whose frames and shots are used.
+    #[arg(long, default_value = "us-lesion")]
+    task: String,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Percentiles and mean of a set of durations, in milliseconds.
+struct Stats {
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    mean: f64,
+}
+
+fn stats(samples: &[Duration]) -> Stats {
+    let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+    ms.sort_by(f64::total_cmp);
+    let pick = |q: f64| ms[((q * ms.len() as f64).ceil() as usize).clamp(1, ms.len()) - 1];
+    Stats { p50: pick(0.5), p90: pick(0.9), p99: pick(0.99), mean: ms.iter().sum::<f64>() / ms.len() as f64 }
+}
+
+/// Peak resident set size of this process in MiB (Linux), if known.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
+    let Some(task) = Task::from_name(&args.task) else { bail!("unknown synthetic task `{}`", args.task) };
+    if !(1..=3).contains(&args.shots) || args.frames == 0 {
+        bail!("--shots must be 1 to 3 and --frames at least 1");
+    }
+    let engine = global.open()?;
+    let mut session = engine.session()?;
+    let shots = synthetic_samples(task, 1, args.shots);
+    let frames = synthetic_samples(task, 500, 8);
+    let (w, h) = (frames[0].image.width, frames[0].image.height);
+    let mut mask = OwnedImage::zeros(w, h, PixelFormat::Gray8);
+
+    let mut set_shot = Vec::new();
+    let mut uncached = Vec::new();
+    for i in 0..args.warmup + args.frames {
+        let started = Instant::now();
+        for slot in 0..3 {
+            session.clear_shot(slot)?;
+        }
+        for (slot, shot) in shots.iter().enumerate() {
+            let t = Instant::now();
+            session.set_shot(slot, &shot.image.view(), &shot.mask.view())?;
+            if i >= args.warmup {
+                set_shot.push(t.elapsed());
+            }
+        }
+        let frame = &frames[i % frames.len()].image;
+        session.segment(&frame.view(), &mut MaskMut::packed(&mut mask.data, w, h)?)?;
+        if i >= args.warmup {
+            uncached.push(started.elapsed());
+        }
+    }
+
+    let (mut pre, mut enc, mut dec, mut post, mut frame_total) = (vec![], vec![], vec![], vec![], vec![]);
+    for i in 0..args.warmup + args.frames {
+        let frame = &frames[i % frames.len()].image;
+        let started = Instant::now();
+        session.segment(&frame.view(), &mut MaskMut::packed(&mut mask.data, w, h)?)?;
+        let total = started.elapsed();
+        if i >= args.warmup {
+            let t = session.timings();
+            pre.push(t.preprocess);
+            enc.push(t.encoder);
+            dec.push(t.decoder);
+            post.push(t.postprocess);
+            frame_total.push(total);
+        }
+    }
+
+    let rows = [
+        ("preprocess", stats(&pre)),
+        ("encoder", stats(&enc)),
+        ("decoder", stats(&dec)),
+        ("postprocess", stats(&post)),
+        ("frame (cached context)", stats(&frame_total)),
+        ("set-shot (one shot)", stats(&set_shot)),
+        ("frame (uncached: shots re-encoded)", stats(&uncached)),
+    ];
+    let cached_fps = 1e3 / rows[4].1.mean;
+    let uncached_fps = 1e3 / rows[6].1.mean;
+    let ratio = rows[6].1.p50 / rows[4].1.p50;
+    let rss = peak_rss_mib();
+    if args.json {
+        let stages: Vec<_> = rows
+            .iter()
+            .map(|(name, s)| serde_json::json!({"stage": name, "p50_ms": s.p50, "p90_ms": s.p90, "p99_ms": s.p99, "mean_ms": s.mean}))
+            .collect();
+        let out = serde_json::json!({
+            "engine": engine.path(), "model": engine.manifest().name, "backend": engine.backend_name(),
+            "threads": global.options.threads, "shots": args.shots, "frames": args.frames,
+            "frame_size": [w, h], "stages": stages, "frames_per_s": cached_fps,
+            "uncached_frames_per_s": uncached_fps, "uncached_over_cached_p50": ratio, "peak_rss_mib": rss,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{} ({}), backend {}, {} thread(s), {} shot(s), {} frames of {w}×{h} ({})",
+        engine.path().display(),
+        engine.manifest().name,
+        engine.backend_name(),
+        global.options.threads,
+        args.shots,
+        args.frames,
+        task.name()
+    );
+    println!("{:<36} {:>8} {:>8} {:>8} {:>8}", "stage", "p50 ms", "p90 ms", "p99 ms", "mean ms");
+    for (name, s) in &rows {
+        println!("{name:<36} {:>8.3} {:>8.3} {:>8.3} {:>8.3}", s.p50, s.p90, s.p99, s.mean);
+    }
+    println!(
+        "frames/s cached {cached_fps:.1}, uncached {uncached_fps:.1}; uncached/cached frame time (p50) {ratio:.2}×"
+    );
+    match rss {
+        Some(mib) => println!("peak RSS {mib:.1} MiB"),
+        None => println!("peak RSS unknown (no /proc/self/status)"),
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,82 @@
+//! `demo`: the bundled engine on bundled synthetic samples: overlays and a Dice table.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use segicl::dataset::save_png;
+use segicl::metrics::mean_std;
+use segicl::synthetic::{self, SceneKind, Task};
+
+use crate::eval::{score, synthetic_samples, Labelled};
+use crate::{draw, Global};
+
+/// Arguments of `demo`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Folder for the overlays (created if missing).
+    #[arg(long, default_value = "out/demo")]
+    out: PathBuf,
+}
+
+/// Seeds of the demo's shots and queries (none is a default-shot seed of the engine).
+const SHOT_SEED: u64 = 1;
+const QUERY_SEED: u64 = 100;
+const QUERIES: usize = 4;
+
+pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
+    let engine = global.open()?;
+    let mut session = engine.session()?;
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    println!(
+        "{} on the {} backend; overlays in {}/ (green: predicted, magenta: reference)",
+        engine.manifest().name,
+        engine.backend_name(),
+        args.out.display()
+    );
+    println!("{:<12} {:>5} {:>7} {:>9} {:>9}", "task", "shots", "queries", "dice mean", "dice min");
+    for task in Task::ALL {
+        for (slot, shot) in synthetic_samples(task, SHOT_SEED, 3).iter().enumerate() {
+            session.set_shot(slot, &shot.image.view(), &shot.mask.view())?;
+        }
+        let mut dice = Vec::new();
+        for (i, query) in synthetic_samples(task, QUERY_SEED, QUERIES).iter().enumerate() {
+            let (o, pred) = score(&mut session, query)?;
+            dice.push(o.dice);
+            let path = args.out.join(format!("{}-{i}.png", task.name()));
+            save_png(&path, &draw::overlay(&query.image, &pred.data, Some(&query.mask.data)))?;
+        }
+        let (mean, _) = mean_std(&dice);
+        let min = dice.iter().copied().fold(f64::INFINITY, f64::min);
+        println!("{:<12} {:>5} {:>7} {mean:>9.3} {min:>9.3}", task.name(), 3, QUERIES);
+    }
+    task_switch(&mut session, &args)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One ultrasound frame segmented twice: with lesion shots, then with bright-structure shots.
+fn task_switch(session: &mut segicl::Session, args: &Args) -> anyhow::Result<()> {
+    let scene = synthetic::scene(SceneKind::Ultrasound, QUERY_SEED + 50);
+    println!("task switch on one ultrasound frame (same frame, different shots):");
+    for task in [Task::UsLesion, Task::UsBright] {
+        for (slot, shot) in synthetic_samples(task, SHOT_SEED, 3).iter().enumerate() {
+            session.set_shot(slot, &shot.image.view(), &shot.mask.view())?;
+        }
+        let query = Labelled {
+            image: scene.image.clone(),
+            mask: segicl::OwnedImage {
+                width: scene.image.width,
+                height: scene.image.height,
+                format: segicl::PixelFormat::Gray8,
+                data: scene.mask(task).to_vec(),
+            },
+        };
+        let (o, pred) = score(session, &query)?;
+        save_png(
+            &args.out.join(format!("switch-{}.png", task.name())),
+            &draw::overlay(&query.image, &pred.data, Some(&query.mask.data)),
+        )?;
+        println!("  shots of {:<10} → Dice {:.3} against {}", task.name(), o.dice, task.name());
+    }
+    Ok(())
+}

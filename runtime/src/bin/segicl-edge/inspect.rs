@@ -1,0 +1,86 @@
+//! `inspect`: what an engine file holds, without preparing any backend.
+
+use std::process::ExitCode;
+
+use segicl::EngineMetadata;
+
+use crate::Global;
+
+/// Arguments of `inspect`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
+    let meta = EngineMetadata::open(&global.engine)?;
+    let layout = meta.file.layout();
+    let m = &meta.manifest;
+    if args.json {
+        let sections: Vec<_> = layout
+            .sections
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "tag": s.tag.name(), "offset": s.offset, "length": s.length,
+                    "crc32": format!("{:08x}", s.crc32), "required": s.flags & segicl::format::FLAG_REQUIRED != 0,
+                })
+            })
+            .collect();
+        let out = serde_json::json!({
+            "path": meta.file.path(), "size": meta.file.len(),
+            "format": format!("{}.{}", layout.major, layout.minor),
+            "sections": sections, "manifest": m,
+            "card": meta.card(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{}: engine format {}.{}, {} bytes",
+        meta.file.path().display(),
+        layout.major,
+        layout.minor,
+        meta.file.len()
+    );
+    println!("model      {} {}", m.name, m.version);
+    println!(
+        "input      R={} C={} colour={:?} normalisation={:?}",
+        m.resolution, m.channels, m.colour, m.normalisation
+    );
+    println!("context    S={} shots × T={} tokens × D={}", m.max_shots, m.tokens_per_shot, m.token_width);
+    println!(
+        "precision  encoder {:?}, decoder {:?}; threshold {}",
+        m.precision.encoder, m.precision.decoder, m.threshold
+    );
+    println!("tensors");
+    for t in &m.tensors {
+        println!(
+            "  {:<8} {:<7} {:<10} {:?} {:?}",
+            format!("{:?}", t.graph),
+            format!("{:?}", t.direction),
+            t.name,
+            t.dtype,
+            t.shape
+        );
+    }
+    println!("sections");
+    for s in &layout.sections {
+        println!(
+            "  {:<9} offset {:>9}  length {:>9}  crc32 {:08x}{}",
+            s.tag.name(),
+            s.offset,
+            s.length,
+            s.crc32,
+            if s.flags & segicl::format::FLAG_REQUIRED != 0 { "  required" } else { "" }
+        );
+    }
+    let tasks: Vec<String> = meta.shots.tasks.iter().map(|(n, s)| format!("{n} ({})", s.len())).collect();
+    println!("default shots  {}", if tasks.is_empty() { "none".into() } else { tasks.join(", ") });
+    if let Some(card) = meta.card() {
+        println!("card  {}", card.lines().next().unwrap_or(""));
+    }
+    Ok(ExitCode::SUCCESS)
+}

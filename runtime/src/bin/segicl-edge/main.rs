@@ -1,0 +1,97 @@
+//! `segicl-edge`: segment frames in context, inspect, verify and pack engines, benchmark and
+//! evaluate them. One module per subcommand.
+
+mod bench;
+mod demo;
+mod draw;
+mod eval;
+mod inspect;
+mod pack;
+mod segment;
+mod verify;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use segicl::{BackendChoice, Engine, EngineOptions};
+
+/// The engine the repository ships, used when --engine is not given.
+pub const BUNDLED_ENGINE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/prototype.plan");
+
+/// In-context segmentation of medical frames from one to three example shots.
+#[derive(Parser)]
+#[command(name = "segicl-edge", version, about, propagate_version = true)]
+struct Cli {
+    /// Engine file (default: the bundled models/prototype.plan).
+    #[arg(long, global = true)]
+    engine: Option<PathBuf>,
+    /// Backend: cpu, cuda or auto.
+    #[arg(long, global = true, default_value = "auto")]
+    backend: BackendChoice,
+    /// CPU threads for the graphs.
+    #[arg(long, global = true, default_value_t = 1)]
+    threads: usize,
+    /// Log what the runtime does (info level; RUST_LOG overrides).
+    #[arg(short, long, global = true)]
+    verbose: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Segment query images from shots (IMG=MASK) or an engine's default shots.
+    Segment(segment::Args),
+    /// Show an engine's header, sections, manifest and default shots.
+    Inspect(inspect::Args),
+    /// Check every checksum of an engine and load its graphs; exit 1 on any failure.
+    Verify,
+    /// Pack a manifest and two ONNX graphs (plus card and default shots) into an engine.
+    Pack(pack::Args),
+    /// Time the encoder, decoder and whole frame with cached shots, against the uncached path.
+    Bench(bench::Args),
+    /// Dice and IoU over a folder of image/mask pairs (or a synthetic task) with 1, 2, 3 shots.
+    Eval(eval::Args),
+    /// Segment bundled synthetic samples, write overlays and print a Dice table.
+    Demo(demo::Args),
+}
+
+/// Options every subcommand that opens an engine shares.
+pub struct Global {
+    engine: PathBuf,
+    options: EngineOptions,
+}
+
+impl Global {
+    /// Opens the engine with the chosen backend and threads.
+    pub fn open(&self) -> anyhow::Result<Engine> {
+        Ok(Engine::open(&self.engine, &self.options)?)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = if cli.verbose { "info" } else { "warn" };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
+    let global = Global {
+        engine: cli.engine.unwrap_or_else(|| PathBuf::from(BUNDLED_ENGINE)),
+        options: EngineOptions { backend: cli.backend, threads: cli.threads },
+    };
+    let result = match cli.command {
+        Command::Segment(args) => segment::run(&global, args),
+        Command::Inspect(args) => inspect::run(&global, args),
+        Command::Verify => verify::run(&global),
+        Command::Pack(args) => pack::run(args),
+        Command::Bench(args) => bench::run(&global, args),
+        Command::Eval(args) => eval::run(&global, args),
+        Command::Demo(args) => demo::run(&global, args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

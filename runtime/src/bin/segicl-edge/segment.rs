@@ -1,0 +1,118 @@
+//! `segment`: shots from files (or an engine's default shots) → one mask PNG per query.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use segicl::dataset::{load_image, load_mask, save_png};
+use segicl::{MaskMut, OwnedImage, PixelFormat};
+
+use crate::{draw, Global};
+
+/// Arguments of `segment`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// A shot as IMAGE=MASK (1 to 3 times; the mask is ≥128 foreground, same size as the image).
+    #[arg(long = "shot", value_name = "IMAGE=MASK")]
+    shots: Vec<String>,
+    /// Use the engine's default shots for this task instead of --shot.
+    #[arg(long, conflicts_with = "shots")]
+    task: Option<String>,
+    /// Images to segment.
+    #[arg(long = "query", required = true, num_args = 1..)]
+    queries: Vec<PathBuf>,
+    /// Folder for the masks (created if missing).
+    #[arg(long)]
+    out: PathBuf,
+    /// Also write each query with the mask contour drawn on it.
+    #[arg(long)]
+    overlay: bool,
+    /// Probability threshold (default: the engine's).
+    #[arg(long)]
+    threshold: Option<f32>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_shot(spec: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
+    match spec.split_once('=') {
+        Some((image, mask)) if !image.is_empty() && !mask.is_empty() => Ok((image.into(), mask.into())),
+        _ => bail!("--shot `{spec}`: expected IMAGE=MASK"),
+    }
+}
+
+fn stem(path: &Path) -> String {
+    path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "query".into())
+}
+
+pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
+    if args.shots.is_empty() && args.task.is_none() {
+        bail!("give 1 to 3 shots with --shot IMAGE=MASK, or --task NAME for the engine's default shots");
+    }
+    if args.shots.len() > segicl::manifest::MAX_SHOTS {
+        bail!(
+            "{} shots given: a context holds at most {} (--shot at most 3 times)",
+            args.shots.len(),
+            segicl::manifest::MAX_SHOTS
+        );
+    }
+    let engine = global.open()?;
+    let mut session = engine.session()?;
+    if let Some(t) = args.threshold {
+        session.set_threshold(t)?;
+    }
+    if let Some(task) = &args.task {
+        session.use_default_shots(task)?;
+    }
+    for (slot, spec) in args.shots.iter().enumerate() {
+        let (image_path, mask_path) = parse_shot(spec)?;
+        let image = load_image(&image_path)?;
+        let mask = load_mask(&mask_path)?;
+        session.set_shot(slot, &image.view(), &mask.view()).with_context(|| format!("shot {} ({spec})", slot + 1))?;
+    }
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let mut results = Vec::new();
+    for query in &args.queries {
+        let frame = load_image(query)?;
+        let mut mask = OwnedImage::zeros(frame.width, frame.height, PixelFormat::Gray8);
+        let started = Instant::now();
+        session.segment(&frame.view(), &mut MaskMut::packed(&mut mask.data, frame.width, frame.height)?)?;
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        let name = stem(query);
+        let mask_path = args.out.join(format!("{name}.mask.png"));
+        save_png(&mask_path, &mask)?;
+        let overlay_path = if args.overlay {
+            let path = args.out.join(format!("{name}.overlay.png"));
+            save_png(&path, &draw::overlay(&frame, &mask.data, None))?;
+            Some(path)
+        } else {
+            None
+        };
+        let fraction = mask.data.iter().filter(|&&v| v != 0).count() as f64 / mask.data.len() as f64;
+        if !args.json {
+            println!(
+                "{} → {} ({}×{}, foreground {:.1}%, {ms:.1} ms)",
+                query.display(),
+                mask_path.display(),
+                frame.width,
+                frame.height,
+                fraction * 100.0
+            );
+        }
+        results.push(serde_json::json!({
+            "query": query, "mask": mask_path, "overlay": overlay_path,
+            "width": frame.width, "height": frame.height,
+            "foreground_fraction": fraction, "ms": ms,
+        }));
+    }
+    if args.json {
+        let out = serde_json::json!({
+            "engine": engine.path(), "backend": engine.backend_name(),
+            "shots": session.shot_count(), "results": results,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    }
+    Ok(ExitCode::SUCCESS)
+}

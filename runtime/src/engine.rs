@@ -1,0 +1,130 @@
+//! An opened engine: the verified file, its manifest, default shots and prepared backend,
+//! shared read-only by any number of sessions.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::backend::{self, BackendChoice};
+use crate::error::{Error, Result};
+use crate::format::{EngineFile, Tag};
+use crate::manifest::Manifest;
+use crate::session::Session;
+use crate::shots::DefaultShots;
+
+/// How to open an engine.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Backend to run on.
+    pub backend: BackendChoice,
+    /// CPU threads for the graphs (1 = single-threaded).
+    pub threads: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions { backend: BackendChoice::Auto, threads: 1 }
+    }
+}
+
+/// An engine ready to run; cheap to clone, shareable between threads.
+#[derive(Clone)]
+pub struct Engine(Arc<Inner>);
+
+struct Inner {
+    file: EngineFile,
+    manifest: Manifest,
+    shots: DefaultShots,
+    backend: Box<dyn backend::Backend>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("path", &self.0.file.path())
+            .field("model", &self.0.manifest.name)
+            .field("backend", &self.0.backend.name())
+            .finish()
+    }
+}
+
+/// An engine file's metadata, verified but without any backend: for inspectors and packers.
+#[derive(Debug)]
+pub struct EngineMetadata {
+    /// The verified file.
+    pub file: EngineFile,
+    /// Its manifest.
+    pub manifest: Manifest,
+    /// Its default shots (empty if it has none).
+    pub shots: DefaultShots,
+}
+
+impl EngineMetadata {
+    /// Maps and verifies `path`, parses the manifest and default shots.
+    pub fn open(path: &Path) -> Result<EngineMetadata> {
+        let file = EngineFile::open(path)?;
+        let manifest = Manifest::from_json(file.section(Tag::MANIFEST).expect("verified"))?;
+        let shots = match file.section(Tag::SHOTS) {
+            Some(bytes) => DefaultShots::from_bytes(bytes)?,
+            None => DefaultShots::default(),
+        };
+        for task in &manifest.default_shot_tasks {
+            if shots.get(task).is_none() {
+                return Err(Error::contract(
+                    "manifest",
+                    format!("default shot task `{task}` has no shots in section SHOTS"),
+                ));
+            }
+        }
+        Ok(EngineMetadata { file, manifest, shots })
+    }
+
+    /// The model card (CARD section), if any.
+    pub fn card(&self) -> Option<&str> {
+        self.file.section(Tag::CARD).and_then(|b| std::str::from_utf8(b).ok())
+    }
+}
+
+impl Engine {
+    /// Maps and verifies `path`, checks both graphs against the manifest and prepares the backend.
+    pub fn open(path: impl AsRef<Path>, options: &EngineOptions) -> Result<Engine> {
+        let EngineMetadata { file, manifest, shots } = EngineMetadata::open(path.as_ref())?;
+        if options.threads == 0 {
+            return Err(Error::invalid("threads must be at least 1"));
+        }
+        let backend = backend::prepare(options.backend, &file, &manifest, options.threads)?;
+        log::info!(
+            "opened {} ({} {}, R={}, backend {})",
+            file.path().display(),
+            manifest.name,
+            manifest.version,
+            manifest.resolution,
+            backend.name()
+        );
+        Ok(Engine(Arc::new(Inner { file, manifest, shots, backend })))
+    }
+
+    /// The manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.0.manifest
+    }
+
+    /// Name of the backend the graphs run on.
+    pub fn backend_name(&self) -> &'static str {
+        self.0.backend.name()
+    }
+
+    /// The engine's default shots.
+    pub fn default_shots(&self) -> &DefaultShots {
+        &self.0.shots
+    }
+
+    /// Where the engine was opened from.
+    pub fn path(&self) -> &Path {
+        self.0.file.path()
+    }
+
+    /// A new session with its own context cache and buffers.
+    pub fn session(&self) -> Result<Session> {
+        Session::new(self.clone(), self.0.backend.runner()?)
+    }
+}

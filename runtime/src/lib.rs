@@ -1,0 +1,27 @@
+//! segicl: in-context segmentation of medical frames from one to three example shots.
+//!
+//! Open an [`Engine`] (one file: encoder and decoder graphs, manifest, default shots), create a
+//! [`Session`] per stream, set shots with [`Session::set_shot`], then call [`Session::segment`]
+//! per frame: one encoder pass and one decoder pass, the shots' context served from a cache.
+
+pub mod backend;
+pub mod cache;
+pub mod dataset;
+pub mod engine;
+pub mod error;
+pub mod format;
+pub mod image;
+pub mod manifest;
+pub mod metrics;
+pub mod pack;
+pub mod postprocess;
+pub mod preprocess;
+pub mod session;
+pub mod shots;
+pub mod synthetic;
+
+pub use backend::BackendChoice;
+pub use engine::{Engine, EngineMetadata, EngineOptions};
+pub use error::{Error, Result};
+pub use image::{ImageView, MaskMut, OwnedImage, PixelFormat};
+pub use session::{FrameTimings, Session, ShotUpdate};

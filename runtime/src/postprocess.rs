@@ -1,0 +1,61 @@
+//! Logits at R×R → a 0/255 mask at the frame's own size: bilinear upsampling of the logits,
+//! then a threshold on the probability (sigmoid of the logit). Allocates nothing.
+
+use crate::image::MaskMut;
+
+/// The logit whose sigmoid is `threshold`; comparing logits avoids a sigmoid per pixel.
+pub fn threshold_logit(threshold: f32) -> f32 {
+    (threshold / (1.0 - threshold)).ln()
+}
+
+/// Samples the R×R `logits` bilinearly at the centre of every pixel of `out` (half-pixel
+/// centres, edges clamped) and writes 255 where the logit exceeds `cut`, else 0.
+pub fn logits_to_mask(logits: &[f32], r: usize, cut: f32, out: &mut MaskMut) {
+    debug_assert_eq!(logits.len(), r * r);
+    let (w, h) = (out.width(), out.height());
+    let sx = r as f32 / w as f32;
+    let sy = r as f32 / h as f32;
+    for y in 0..h {
+        let (y0, y1, fy) = taps(y, sy, r);
+        let (row0, row1) = (&logits[y0 * r..(y0 + 1) * r], &logits[y1 * r..(y1 + 1) * r]);
+        let dst = out.row_mut(y);
+        for (x, d) in dst.iter_mut().enumerate() {
+            let (x0, x1, fx) = taps(x, sx, r);
+            let top = row0[x0] + (row0[x1] - row0[x0]) * fx;
+            let bottom = row1[x0] + (row1[x1] - row1[x0]) * fx;
+            let v = top + (bottom - top) * fy;
+            *d = if v > cut { 255 } else { 0 };
+        }
+    }
+}
+
+/// The two source indices and the weight of the second for output pixel `i` at `scale`.
+#[inline]
+fn taps(i: usize, scale: f32, r: usize) -> (usize, usize, f32) {
+    let s = ((i as f32 + 0.5) * scale - 0.5).clamp(0.0, (r - 1) as f32);
+    let i0 = s as usize;
+    let i1 = (i0 + 1).min(r - 1);
+    (i0, i1, s - i0 as f32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn threshold_half_is_logit_zero() {
+        assert_eq!(threshold_logit(0.5), 0.0);
+        assert!((threshold_logit(0.7310586) - 1.0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn upsamples_2_to_4_with_half_pixel_centres() {
+        // Logits -1, 1 across: output centres sit at -0.25, 0.25, 0.75, 1.25 in source pixels,
+        // giving -1, -0.5, 0.5, 1 after clamping; the cut at 0 splits the row in halves.
+        let logits = [-1.0, 1.0, -1.0, 1.0f32];
+        let mut buf = [7u8; 4 * 2];
+        let mut out = MaskMut::packed(&mut buf, 4, 2).unwrap();
+        logits_to_mask(&logits, 2, 0.0, &mut out);
+        assert_eq!(buf, [0, 0, 255, 255, 0, 0, 255, 255]);
+    }
+}
