@@ -1,1 +1,39 @@
-//! Shared fixtures for the end-to-end tests.
+//! Shared fixtures for the end-to-end tests: the committed prototype engine and synthetic shots.
+
+use std::path::PathBuf;
+
+use segicl::synthetic::{self, Task};
+use segicl::{Engine, EngineOptions, OwnedImage, PixelFormat, Session};
+
+/// Path of the committed prototype engine.
+pub fn prototype_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/prototype.plan")
+}
+
+/// The committed prototype engine on the CPU backend, one thread.
+pub fn prototype() -> Engine {
+    Engine::open(prototype_path(), &EngineOptions::default()).expect("models/prototype.plan opens")
+}
+
+/// A synthetic sample of `task` as (image, gray8 mask).
+pub fn sample(task: Task, seed: u64) -> (OwnedImage, OwnedImage) {
+    let (image, mask) = synthetic::sample(task, seed);
+    let mask = OwnedImage { width: image.width, height: image.height, format: PixelFormat::Gray8, data: mask };
+    (image, mask)
+}
+
+/// Sets shots of `task` from `seeds` in slots 0.. of `session`.
+pub fn set_shots(session: &mut Session, task: Task, seeds: &[u64]) {
+    for (slot, &seed) in seeds.iter().enumerate() {
+        let (image, mask) = sample(task, seed);
+        session.set_shot(slot, &image.view(), &mask.view()).expect("shot accepted");
+    }
+}
+
+/// Segments `frame` and returns the mask.
+pub fn segment(session: &mut Session, frame: &OwnedImage) -> OwnedImage {
+    let mut out = OwnedImage::zeros(frame.width, frame.height, PixelFormat::Gray8);
+    let mut view = segicl::MaskMut::packed(&mut out.data, frame.width, frame.height).unwrap();
+    session.segment(&frame.view(), &mut view).expect("segment");
+    out
+}

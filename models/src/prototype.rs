@@ -21,15 +21,17 @@ use crate::onnx::{Attr, GraphBuilder};
 pub const RESOLUTION: usize = 128;
 /// Features per pixel.
 pub const FEATURES: usize = 5;
-/// Tokens per shot: the darker and the brighter half of the foreground, of the near background
-/// and of the far background, in the order fg, near, far (darker), fg, near, far (brighter).
-pub const TOKENS: usize = 6;
+/// Times each region (foreground, near and far background) is split at its mean intensity.
+const SPLITS: u32 = 2;
+/// Tokens per shot: 2^SPLITS intensity bands of each of the 3 regions, ordered so that token j
+/// describes region j mod 3 (0 foreground, 1 near background, 2 far background).
+pub const TOKENS: usize = 3 << SPLITS;
 /// Which of a shot's tokens describe the foreground.
-const FOREGROUND: [i64; 2] = [0, 3];
+const FOREGROUND: [i64; TOKENS / 3] = [0, 3, 6, 9];
 /// Which of a shot's tokens describe the background.
-const BACKGROUND: [i64; 4] = [1, 2, 4, 5];
+const BACKGROUND: [i64; TOKENS * 2 / 3] = [1, 2, 4, 5, 7, 8, 10, 11];
 /// Weight of each feature in the distance: local means 3/9/17, local std, gradient.
-const FEATURE_WEIGHTS: [f32; FEATURES] = [1.0, 1.0, 0.7, 2.0, 0.25];
+const FEATURE_WEIGHTS: [f32; FEATURES] = [0.5, 1.0, 1.0, 2.0, 0.25];
 /// Side of the max-pool that dilates the mask into the near-background ring.
 const RING: i64 = 15;
 /// Logit scale γ.
@@ -39,17 +41,23 @@ const EMPTY_TOKEN: f32 = 1.0e3;
 /// Seeds of the default shots stored for each synthetic task.
 const DEFAULT_SHOT_SEEDS: [u64; 3] = [9001, 9002, 9003];
 
-fn avg_pool(g: &mut GraphBuilder, x: &str, k: i64) -> String {
+/// A k×k pool (stride 1, same size) as a k×1 then a 1×k pass: exact for max and for a mean
+/// that excludes the padding (a clipped window is still a rectangle), and k/2 times cheaper.
+fn pool(g: &mut GraphBuilder, op: &str, x: &str, k: i64) -> String {
     let p = k / 2;
-    g.op(
-        "AveragePool",
-        &[x],
-        vec![
-            ("kernel_shape", Attr::Ints(vec![k, k])),
-            ("pads", Attr::Ints(vec![p, p, p, p])),
-            ("count_include_pad", Attr::Int(0)),
-        ],
-    )
+    let pass = |g: &mut GraphBuilder, x: &str, kernel: [i64; 2], pads: [i64; 4]| {
+        let mut attrs = vec![("kernel_shape", Attr::Ints(kernel.to_vec())), ("pads", Attr::Ints(pads.to_vec()))];
+        if op == "AveragePool" {
+            attrs.push(("count_include_pad", Attr::Int(0)));
+        }
+        g.op(op, &[x], attrs)
+    };
+    let rows = pass(g, x, [k, 1], [p, 0, p, 0]);
+    pass(g, &rows, [1, k], [0, p, 0, p])
+}
+
+fn avg_pool(g: &mut GraphBuilder, x: &str, k: i64) -> String {
+    pool(g, "AveragePool", x, k)
 }
 
 /// Mean feature (\[1, k, F\]) and area (\[1, k, 1\]) of k weighted regions (\[1, k, R·R\]),
@@ -61,6 +69,22 @@ fn region_means(g: &mut GraphBuilder, regions: &str, flat_t: &str) -> (String, S
     let eps = g.scalar(1e-6);
     let area_eps = g.op("Add", &[&area, &eps], vec![]);
     (g.op("Div", &[&sums, &area_eps], vec![]), area)
+}
+
+/// Splits each of k regions (\[1, k, R·R\]) at its mean local intensity (feature 1, the 9-pixel
+/// mean; `means` \[1, k, F\]) into its darker and its brighter pixels: 2k regions, darker first.
+fn split(g: &mut GraphBuilder, regions: &str, means: &str, flat: &str) -> String {
+    let m9 = g.ints(&[1]);
+    let level = g.op("Gather", &[means, &m9], vec![("axis", Attr::Int(2))]);
+    let pixel = g.op("Gather", &[flat, &m9], vec![("axis", Attr::Int(1))]);
+    let below = g.op("Sub", &[&level, &pixel], vec![]);
+    let below = g.op("Sign", &[&below], vec![]);
+    let darker = g.op("Relu", &[&below], vec![]);
+    let one = g.scalar(1.0);
+    let brighter = g.op("Sub", &[&one, &darker], vec![]);
+    let dark = g.op("Mul", &[regions, &darker], vec![]);
+    let bright = g.op("Mul", &[regions, &brighter], vec![]);
+    g.op("Concat", &[&dark, &bright], vec![("axis", Attr::Int(1))])
 }
 
 /// The encoder graph (ONNX bytes).
@@ -101,11 +125,7 @@ pub fn encoder() -> Vec<u8> {
     let feat = g.op("Mul", &[&feat, &weights], vec![]);
     g.output(&feat, "feat_0", &[1, FEATURES, r, r]);
 
-    let dilated = g.op(
-        "MaxPool",
-        &[&mask],
-        vec![("kernel_shape", Attr::Ints(vec![RING, RING])), ("pads", Attr::Ints(vec![RING / 2; 4]))],
-    );
+    let dilated = pool(&mut g, "MaxPool", &mask, RING);
     let ring = g.op("Sub", &[&dilated, &mask], vec![]);
     let one = g.scalar(1.0);
     let far = g.op("Sub", &[&one, &dilated], vec![]);
@@ -116,18 +136,13 @@ pub fn encoder() -> Vec<u8> {
     let flat = g.op("Reshape", &[&feat, &shape], vec![]);
     let flat_t = g.op("Transpose", &[&flat], vec![("perm", Attr::Ints(vec![0, 2, 1]))]);
     let (means, _) = region_means(&mut g, &regions, &flat_t);
-    // Split each region at its mean local intensity (feature 1) into a darker and a brighter part.
-    let m9_ix = g.ints(&[1]);
-    let level = g.op("Gather", &[&means, &m9_ix], vec![("axis", Attr::Int(2))]);
-    let pixel = g.op("Gather", &[&flat, &m9_ix], vec![("axis", Attr::Int(1))]);
-    let below = g.op("Sub", &[&level, &pixel], vec![]);
-    let below = g.op("Sign", &[&below], vec![]);
-    let darker = g.op("Relu", &[&below], vec![]);
-    let brighter = g.op("Sub", &[&one, &darker], vec![]);
-    let dark = g.op("Mul", &[&regions, &darker], vec![]);
-    let bright = g.op("Mul", &[&regions, &brighter], vec![]);
-    let regions = g.op("Concat", &[&dark, &bright], vec![("axis", Attr::Int(1))]);
-    let (means, area) = region_means(&mut g, &regions, &flat_t);
+    let mut regions = regions;
+    let mut means = means;
+    let mut area = String::new();
+    for _ in 0..SPLITS {
+        regions = split(&mut g, &regions, &means, &flat);
+        (means, area) = region_means(&mut g, &regions, &flat_t);
+    }
     // An empty region (area < 0.5) moves its token EMPTY_TOKEN away from every feature.
     let half = g.scalar(0.5);
     let lack = g.op("Sub", &[&half, &area], vec![]);
@@ -165,12 +180,16 @@ pub fn decoder() -> Vec<u8> {
     let s = MAX_SHOTS as i64;
     let shape = g.ints(&[1, s, TOKENS as i64, (r * r) as i64]);
     let d = g.op("Reshape", &[&d, &shape], vec![]);
-    let fg_ix = g.ints(&FOREGROUND);
-    let fg = g.op("Gather", &[&d, &fg_ix], vec![("axis", Attr::Int(2))]);
-    let fg = g.op("ReduceMin", &[&fg], vec![("axes", Attr::Ints(vec![2])), ("keepdims", Attr::Int(1))]);
-    let bg_ix = g.ints(&BACKGROUND);
-    let bg = g.op("Gather", &[&d, &bg_ix], vec![("axis", Attr::Int(2))]);
-    let bg = g.op("ReduceMin", &[&bg], vec![("axes", Attr::Ints(vec![2])), ("keepdims", Attr::Int(1))]);
+    // Nearest token of each kind: an element-wise Min over the kind's tokens (tract's ReduceMin
+    // allocates once per output element).
+    let token = |g: &mut GraphBuilder, j: i64| {
+        let ix = g.ints(&[j]);
+        g.op("Gather", &[&d, &ix], vec![("axis", Attr::Int(2))])
+    };
+    let fg: Vec<String> = FOREGROUND.iter().map(|&j| token(&mut g, j)).collect();
+    let bg: Vec<String> = BACKGROUND.iter().map(|&j| token(&mut g, j)).collect();
+    let fg = g.op("Min", &fg.iter().map(String::as_str).collect::<Vec<_>>(), vec![]);
+    let bg = g.op("Min", &bg.iter().map(String::as_str).collect::<Vec<_>>(), vec![]);
     let margin = g.op("Sub", &[&bg, &fg], vec![]);
     let first = g.ints(&(0..s).map(|k| k * TOKENS as i64).collect::<Vec<_>>());
     let shot_valid = g.op("Gather", &[&valid, &first], vec![("axis", Attr::Int(1))]);

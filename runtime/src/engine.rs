@@ -67,13 +67,15 @@ impl EngineMetadata {
             Some(bytes) => DefaultShots::from_bytes(bytes)?,
             None => DefaultShots::default(),
         };
-        for task in &manifest.default_shot_tasks {
-            if shots.get(task).is_none() {
-                return Err(Error::contract(
-                    "manifest",
-                    format!("default shot task `{task}` has no shots in section SHOTS"),
-                ));
-            }
+        let stored: Vec<&str> = shots.names().collect();
+        if stored != manifest.default_shot_tasks {
+            return Err(Error::contract(
+                "manifest",
+                format!(
+                    "default_shot_tasks {:?} does not match the tasks in section SHOTS {stored:?}",
+                    manifest.default_shot_tasks
+                ),
+            ));
         }
         Ok(EngineMetadata { file, manifest, shots })
     }

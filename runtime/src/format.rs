@@ -28,6 +28,9 @@ pub const MAX_SECTIONS: usize = 256;
 /// Section flag: a reader that does not know this tag must refuse the file.
 pub const FLAG_REQUIRED: u32 = 1;
 
+/// Sections every engine file has, each marked [`FLAG_REQUIRED`].
+pub const REQUIRED_TAGS: [Tag; 3] = [Tag::MANIFEST, Tag::ENCODER, Tag::DECODER];
+
 /// An eight-byte section tag, ASCII padded with NUL bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Tag(pub [u8; 8]);
@@ -89,7 +92,7 @@ impl EngineWriter {
 
     /// Appends a section; the required sections get [`FLAG_REQUIRED`].
     pub fn section(mut self, tag: Tag, payload: Vec<u8>) -> Self {
-        let required = [Tag::MANIFEST, Tag::ENCODER, Tag::DECODER].contains(&tag);
+        let required = REQUIRED_TAGS.contains(&tag);
         self.sections.push((tag, if required { FLAG_REQUIRED } else { 0 }, payload));
         self
     }
@@ -143,16 +146,20 @@ impl EngineWriter {
         LE::write_u32(&mut h[60..64], header_crc);
         out
     }
+}
 
-    /// Writes the file to `path` (through a temporary file, so a failure leaves no half file).
-    pub fn write(&self, path: &Path) -> Result<()> {
-        let bytes = self.to_bytes();
-        let tmp = path.with_extension("partial");
-        let mut f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        f.write_all(&bytes).map_err(|e| Error::io(&tmp, e))?;
-        f.sync_all().map_err(|e| Error::io(&tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+/// Writes `bytes` to `path` through a temporary file beside it, so that a failure never leaves
+/// a half-written engine under the final name.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("partial");
+    let result = File::create(&tmp)
+        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
+        .map_err(|e| Error::io(&tmp, e))
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e)));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
+    result
 }
 
 fn align_up(n: usize) -> usize {
@@ -259,6 +266,9 @@ impl Layout {
             if sections.iter().any(|o: &Section| o.tag == s.tag) {
                 return Err(corrupt(format!("section {name} appears twice")));
             }
+            if REQUIRED_TAGS.contains(&s.tag) && s.flags & FLAG_REQUIRED == 0 {
+                return Err(corrupt(format!("section {name} must be marked required")));
+            }
             if !Tag::KNOWN.contains(&s.tag) && s.flags & FLAG_REQUIRED != 0 {
                 return Err(corrupt(format!("section {name} is marked required but this runtime does not know it")));
             }
@@ -274,7 +284,7 @@ impl Layout {
         if cursor != file_len {
             return Err(corrupt(format!("{} bytes after the last section", file_len - cursor)));
         }
-        for required in [Tag::MANIFEST, Tag::ENCODER, Tag::DECODER] {
+        for required in REQUIRED_TAGS {
             if !sections.iter().any(|s| s.tag == required) {
                 return Err(corrupt(format!("required section {} is missing", required.name())));
             }

@@ -61,7 +61,10 @@ impl<'a> ImageView<'a> {
 
     /// A tightly packed image (stride = width × bytes per pixel).
     pub fn packed(data: &'a [u8], width: usize, height: usize, format: PixelFormat) -> Result<Self> {
-        Self::new(data, width, height, width * format.bytes_per_pixel(), format)
+        let stride = width
+            .checked_mul(format.bytes_per_pixel())
+            .ok_or_else(|| Error::invalid(format!("image width {width} overflows")))?;
+        Self::new(data, width, height, stride, format)
     }
 
     /// Width in pixels.

@@ -180,7 +180,7 @@ impl Manifest {
         if s != MAX_SHOTS {
             return bad(format!("max_shots is {s}; format v1 fixes it at {MAX_SHOTS}"));
         }
-        if t == 0 || d == 0 || t * d > 1 << 20 {
+        if t == 0 || d == 0 || t.checked_mul(d).is_none_or(|n| n > 1 << 20) {
             return bad(format!("tokens_per_shot {t} × token_width {d} is out of range"));
         }
         if !(self.threshold > 0.0 && self.threshold < 1.0) {
@@ -189,6 +189,14 @@ impl Manifest {
         if let Normalisation::MeanStd { mean, std } = &self.normalisation {
             if mean.len() != c || std.len() != c || std.iter().any(|&v| v.is_nan() || v <= 0.0) {
                 return bad(format!("mean_std normalisation needs {c} means and {c} positive stds"));
+            }
+        }
+        for (i, a) in self.tensors.iter().enumerate() {
+            if self.tensors[..i].iter().any(|b| (b.graph, b.direction, &b.name) == (a.graph, a.direction, &a.name)) {
+                return bad(format!("tensor `{}` appears twice in the {:?} {:?} rows", a.name, a.graph, a.direction));
+            }
+            if a.shape.iter().product::<usize>() > 1 << 28 {
+                return bad(format!("tensor `{}` of shape {:?} is too large", a.name, a.shape));
             }
         }
         let expect = |graph, direction, name: &str, shape: &[usize]| -> Result<()> {
@@ -276,7 +284,8 @@ mod tests {
 
     #[test]
     fn mismatches_name_the_tensor() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut Manifest)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut Manifest)>;
+        let cases: Vec<(&str, Mutation)> = vec![
             ("`ctx` has shape", Box::new(|m| m.tensors[2].shape = vec![1, 3, 4])),
             ("`feat_0` has shape", Box::new(|m| m.tensors[4].shape = vec![1, 5, 32, 32])),
             ("named `logits`", Box::new(|m| m.tensors[7].name = "out".into())),

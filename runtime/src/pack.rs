@@ -4,10 +4,10 @@ use std::path::Path;
 
 use crate::dataset;
 use crate::error::{Error, Result};
-use crate::format::{EngineWriter, Tag};
+use crate::format::{write_atomically, EngineWriter, Tag};
 use crate::image::{ImageView, OwnedImage, PixelFormat};
 use crate::manifest::{Manifest, MAX_SHOTS};
-use crate::preprocess::area_resize;
+use crate::preprocess::{area_resize, binarise_coverage};
 use crate::shots::{DefaultShots, StoredShot};
 
 /// Everything an engine file holds.
@@ -43,6 +43,11 @@ impl EngineParts {
         }
         Ok(w.to_bytes())
     }
+
+    /// Checks the manifest and writes the engine file to `path` atomically.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        write_atomically(path, &self.to_bytes()?)
+    }
 }
 
 /// A shot resized to `r`×`r` for storage: the image as gray8 or rgb8, the mask as 0/255
@@ -73,12 +78,13 @@ pub fn stored_shot(image: &ImageView, mask: &ImageView, r: usize) -> Result<Stor
         }
     }
     area_resize(mask.width(), mask.height(), r, &mut plane, |x, y| if mask.row(y)[x] >= 128 { 1.0 } else { 0.0 });
+    binarise_coverage(&mut plane);
     let mut m = OwnedImage::zeros(r, r, PixelFormat::Gray8);
     for (d, v) in m.data.iter_mut().zip(&plane) {
-        *d = if *v >= 0.5 { 255 } else { 0 };
+        *d = if *v > 0.0 { 255 } else { 0 };
     }
     if m.data.iter().all(|&v| v == 0) {
-        return Err(Error::invalid(format!("mask has no foreground left at {r}×{r}")));
+        return Err(Error::invalid("mask is empty: a shot needs at least one foreground pixel (value ≥ 128)"));
     }
     Ok(StoredShot { image: out, mask: m })
 }

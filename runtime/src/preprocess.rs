@@ -102,10 +102,17 @@ impl Preprocessor {
                 }
             },
         );
-        let cut = if out.iter().any(|&v| v >= 0.5) { 0.5 } else { f32::MIN_POSITIVE };
-        out.iter_mut().for_each(|v| *v = if *v >= cut { 1.0 } else { 0.0 });
+        binarise_coverage(out);
         Ok(())
     }
+}
+
+/// Turns the foreground coverage of each grid pixel (0..=1) into 0/1: foreground when at least
+/// half covered; if no pixel is, every pixel with any coverage (a structure too small for the
+/// grid keeps the pixels it touches).
+pub fn binarise_coverage(coverage: &mut [f32]) {
+    let cut = if coverage.iter().any(|&v| v >= 0.5) { 0.5 } else { f32::MIN_POSITIVE };
+    coverage.iter_mut().for_each(|v| *v = if *v >= cut { 1.0 } else { 0.0 });
 }
 
 /// Resizes a `width`×`height` source, read through `sample(x, y)`, to `r`×`r` by exact area
@@ -149,7 +156,7 @@ mod tests {
         let src = [0.0, 2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 14.0, 1.0, 1.0, 3.0, 3.0, 5.0, 5.0, 7.0, 7.0f32];
         let mut out = [0.0f32; 4];
         area_resize(4, 4, 2, &mut out, |x, y| src[y * 4 + x]);
-        assert_eq!(out, [(0.0 + 2.0 + 8.0 + 10.0) / 4.0, (4.0 + 6.0 + 12.0 + 14.0) / 4.0, 2.0, 6.0]);
+        assert_eq!(out, [(0.0 + 2.0 + 8.0 + 10.0) / 4.0, (4.0 + 6.0 + 12.0 + 14.0) / 4.0, 3.0, 5.0]);
     }
 
     #[test]

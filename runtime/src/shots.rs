@@ -61,6 +61,9 @@ impl DefaultShots {
         for _ in 0..count {
             let len = r.u32()? as usize;
             let name = std::str::from_utf8(r.take(len)?).map_err(|_| r.bad("a task name is not UTF-8"))?.to_string();
+            if tasks.iter().any(|(t, _)| *t == name) {
+                return Err(r.bad(&format!("task `{name}` appears twice")));
+            }
             let n = r.u32()? as usize;
             if n == 0 || n > MAX_SHOTS {
                 return Err(r.bad(&format!("task `{name}` has {n} shots; 1 to {MAX_SHOTS} allowed")));

@@ -25,8 +25,7 @@ fn main() -> anyhow::Result<()> {
         std::fs::write(dir.join("decoder.onnx"), &parts.decoder)?;
         std::fs::write(dir.join("manifest.json"), parts.manifest.to_json())?;
     }
-    let bytes = parts.to_bytes()?;
-    std::fs::write(&args.out, &bytes).with_context(|| args.out.display().to_string())?;
-    println!("wrote {} ({} bytes)", args.out.display(), bytes.len());
+    parts.write(&args.out)?;
+    println!("wrote {} ({} bytes)", args.out.display(), std::fs::metadata(&args.out)?.len());
     Ok(())
 }

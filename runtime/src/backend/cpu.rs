@@ -19,6 +19,8 @@ pub struct CpuBackend {
     decoder: Plan,
     /// Where each decoder input comes from, in the decoder's input order.
     decoder_inputs: Vec<DecoderInput>,
+    /// Whether the encoder takes `image` before `mask`.
+    image_first: bool,
     /// Position of `ctx` among the encoder outputs; the others are features, in order.
     ctx_output: usize,
     shapes: Shapes,
@@ -45,11 +47,11 @@ impl CpuBackend {
     pub fn prepare(file: &EngineFile, manifest: &Manifest, threads: usize) -> Result<Self> {
         let executor = (threads > 1).then(|| Executor::multithread(threads));
         let options = RunOptions { executor, ..Default::default() };
-        let (encoder, enc_out) = load(file, manifest, Graph::Encoder, &options)?;
-        let (decoder, _) = load(file, manifest, Graph::Decoder, &options)?;
+        let (encoder, enc_in, enc_out) = load(file, manifest, Graph::Encoder, &options)?;
+        let (decoder, dec_in, _) = load(file, manifest, Graph::Decoder, &options)?;
         let ctx_output = enc_out.iter().position(|n| n == "ctx").expect("checked by load");
         let features: Vec<&String> = enc_out.iter().filter(|n| *n != "ctx").collect();
-        let decoder_inputs = input_names(&decoder)?
+        let decoder_inputs = dec_in
             .iter()
             .map(|name| match name.as_str() {
                 "ctx" => DecoderInput::Ctx,
@@ -68,6 +70,7 @@ impl CpuBackend {
             encoder,
             decoder,
             decoder_inputs,
+            image_first: enc_in[0] == "image",
             ctx_output,
             shapes: Shapes { image: [1, c, r, r], mask: [1, 1, r, r], ctx: [1, s * t, d], ctx_valid: [1, s * t] },
         })
@@ -81,15 +84,15 @@ fn graph_name(graph: Graph) -> &'static str {
     }
 }
 
-fn input_names(plan: &Plan) -> Result<Vec<String>> {
-    let model = plan.model();
-    let outlets = model.input_outlets().map_err(|e| Error::contract("decoder", e.to_string()))?;
-    Ok(outlets.iter().map(|o| model.node(o.node).name.clone()).collect())
-}
-
 /// Loads one graph, fixes its input shapes from the manifest, checks every input and output
-/// against the tensor table and optimises it. Returns the plan and its output names in order.
-fn load(file: &EngineFile, manifest: &Manifest, graph: Graph, options: &RunOptions) -> Result<(Plan, Vec<String>)> {
+/// against the tensor table and optimises it. Returns the plan and its input and output names,
+/// in the graph's order.
+fn load(
+    file: &EngineFile,
+    manifest: &Manifest,
+    graph: Graph,
+    options: &RunOptions,
+) -> Result<(Plan, Vec<String>, Vec<String>)> {
     let name = graph_name(graph);
     let (tag, onnx_err) = match graph {
         Graph::Encoder => (Tag::ENCODER, "ENCODER"),
@@ -148,7 +151,7 @@ fn load(file: &EngineFile, manifest: &Manifest, graph: Graph, options: &RunOptio
         .into_optimized()
         .and_then(|m| m.into_runnable_with_options(options))
         .map_err(|e| fail(format!("cannot optimise for the CPU: {e:#}")))?;
-    Ok((plan, outputs))
+    Ok((plan, inputs, outputs))
 }
 
 impl Backend for CpuBackend {
@@ -162,9 +165,13 @@ impl Backend for CpuBackend {
             encoder: self.encoder.spawn().map_err(backend_err)?,
             decoder: self.decoder.spawn().map_err(backend_err)?,
             decoder_inputs: self.decoder_inputs.clone(),
+            image_first: self.image_first,
             ctx_output: self.ctx_output,
-            shapes: self.shapes.clone(),
             features: TVec::new(),
+            image: input_tensor(&self.shapes.image)?,
+            mask: input_tensor(&self.shapes.mask)?,
+            ctx: input_tensor(&self.shapes.ctx)?,
+            ctx_valid: input_tensor(&self.shapes.ctx_valid)?,
         }))
     }
 }
@@ -173,22 +180,42 @@ struct CpuRunner {
     encoder: TypedSimpleState,
     decoder: TypedSimpleState,
     decoder_inputs: Vec<DecoderInput>,
+    image_first: bool,
     ctx_output: usize,
-    shapes: Shapes,
     features: TVec<TValue>,
+    image: Arc<Tensor>,
+    mask: Arc<Tensor>,
+    ctx: Arc<Tensor>,
+    ctx_valid: Arc<Tensor>,
 }
 
 fn run_err(graph: &str, e: TractError) -> Error {
     Error::Backend { backend: "cpu", what: format!("{graph} failed: {e:#}") }
 }
 
-fn tensor(shape: &[usize], data: &[f32]) -> Result<TValue> {
-    Tensor::from_shape(shape, data).map(|t| t.into_tvalue()).map_err(|e| run_err("input", e))
+fn input_tensor(shape: &[usize]) -> Result<Arc<Tensor>> {
+    Tensor::zero::<f32>(shape).map(Arc::new).map_err(|e| run_err("input", e))
+}
+
+/// Copies `data` into the input tensor `slot` and returns a value sharing it. The tensor is
+/// reused from run to run: tract releases its reference when a run ends.
+fn fill(slot: &mut Arc<Tensor>, data: &[f32]) -> Result<TValue> {
+    if Arc::get_mut(slot).is_none() {
+        *slot = Arc::new(slot.as_ref().clone());
+    }
+    let tensor = Arc::get_mut(slot).expect("unique after the check above");
+    let dst = tensor.try_as_plain_ram_mut().and_then(|mut v| {
+        v.as_slice_mut::<f32>()?.copy_from_slice(data);
+        Ok(())
+    });
+    dst.map_err(|e| run_err("input", e))?;
+    Ok(TValue::from_const(slot.clone()))
 }
 
 impl Runner for CpuRunner {
     fn encode(&mut self, image: &[f32], mask: &[f32], ctx: &mut [f32]) -> Result<()> {
-        let inputs = tvec![tensor(&self.shapes.image, image)?, tensor(&self.shapes.mask, mask)?];
+        let (image, mask) = (fill(&mut self.image, image)?, fill(&mut self.mask, mask)?);
+        let inputs = if self.image_first { tvec![image, mask] } else { tvec![mask, image] };
         let mut outputs = self.encoder.run(inputs).map_err(|e| run_err("encoder", e))?;
         let tokens = outputs.remove(self.ctx_output);
         ctx.copy_from_slice(
@@ -206,8 +233,8 @@ impl Runner for CpuRunner {
         for source in &self.decoder_inputs {
             inputs.push(match source {
                 DecoderInput::Feature(i) => self.features[*i].clone(),
-                DecoderInput::Ctx => tensor(&self.shapes.ctx, ctx)?,
-                DecoderInput::CtxValid => tensor(&self.shapes.ctx_valid, ctx_valid)?,
+                DecoderInput::Ctx => fill(&mut self.ctx, ctx)?,
+                DecoderInput::CtxValid => fill(&mut self.ctx_valid, ctx_valid)?,
             });
         }
         let outputs = self.decoder.run(inputs).map_err(|e| run_err("decoder", e))?;

@@ -42,11 +42,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut shots = DefaultShots::default();
     for spec in &args.shots {
         let Some((task, dir)) = spec.split_once('=') else { bail!("--shots `{spec}`: expected TASK=DIR") };
+        if shots.get(task).is_some() {
+            bail!("--shots names task `{task}` twice");
+        }
         shots.tasks.push((task.to_string(), shots_from_dir(dir.as_ref(), manifest.resolution)?));
     }
     let card = args.card.as_ref().map(read).transpose()?.map(|b| String::from_utf8_lossy(&b).into_owned());
     let parts = EngineParts { manifest, encoder: read(&args.encoder)?, decoder: read(&args.decoder)?, card, shots };
-    std::fs::write(&args.out, parts.to_bytes()?).with_context(|| format!("writing {}", args.out.display()))?;
+    parts.write(&args.out)?;
     if let Err(e) = Engine::open(&args.out, &EngineOptions { backend: BackendChoice::Cpu, threads: 1 }) {
         let _ = std::fs::remove_file(&args.out);
         bail!("the graphs do not fit the manifest, nothing written: {e}");

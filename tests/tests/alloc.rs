@@ -1,0 +1,125 @@
+//! Allocations on the hot path (one frame, context cached), counted by a global allocator.
+//!
+//! segicl's own stages (pre-processing, context cache, post-processing) allocate nothing.
+//! tract, the CPU backend, allocates each op's output tensor on every run: those allocations
+//! are counted here too, must not grow from frame to frame, and must all be freed by the end of
+//! the frame (nothing retained).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
+
+use segicl::cache::ContextCache;
+use segicl::postprocess::logits_to_mask;
+use segicl::preprocess::Preprocessor;
+use segicl::synthetic::Task;
+use segicl::{ImageView, MaskMut, PixelFormat};
+use segicl_tests::{prototype, sample, set_shots};
+
+/// Counts allocations (and live bytes) made by threads that armed it.
+struct Counting;
+
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
+thread_local! {
+    static ARMED: Cell<bool> = const { Cell::new(false) };
+}
+
+fn armed() -> bool {
+    ARMED.with(|a| a.get())
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if armed() {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+            LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        }
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if armed() {
+            LIVE_BYTES.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        }
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if armed() {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+            LIVE_BYTES.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
+        }
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Runs `f` with counting armed on this thread; returns its result, allocations and net bytes.
+fn count<R>(f: impl FnOnce() -> R) -> (R, usize, isize) {
+    let (n0, b0) = (ALLOCATIONS.load(Ordering::Relaxed), LIVE_BYTES.load(Ordering::Relaxed));
+    ARMED.with(|a| a.set(true));
+    let r = f();
+    ARMED.with(|a| a.set(false));
+    (r, ALLOCATIONS.load(Ordering::Relaxed) - n0, LIVE_BYTES.load(Ordering::Relaxed) - b0)
+}
+
+#[test]
+fn segicl_stages_allocate_nothing() {
+    let engine = prototype();
+    let m = engine.manifest();
+    let pre = Preprocessor::from_manifest(m);
+    let r = m.resolution;
+    let mut input = vec![0.0; pre.image_len()];
+    let mut mask_in = vec![0.0; r * r];
+    let logits: Vec<f32> = (0..r * r).map(|i| (i % 7) as f32 - 3.0).collect();
+    let mut cache = ContextCache::new(m.tokens_per_shot, m.token_width);
+    let tokens = vec![0.5; m.tokens_per_shot * m.token_width];
+    for task in [Task::UsLesion, Task::FundusDisc] {
+        let (image, mask) = sample(task, 4);
+        let (w, h) = (image.width, image.height);
+        let mut out = vec![0u8; w * h];
+        let ((), n, _) = count(|| {
+            pre.image(&image.view(), &mut input);
+            pre.mask(&mask.view(), &image.view(), &mut mask_in).unwrap();
+            cache.store(1, 7, &tokens);
+            cache.copy(1, 2);
+            cache.clear(1);
+            let mut view = MaskMut::packed(&mut out, w, h).unwrap();
+            logits_to_mask(&logits, r, 0.0, &mut view);
+        });
+        assert_eq!(n, 0, "{}: pre/post-processing and cache allocated", task.name());
+    }
+    // Every pixel format and a padded stride.
+    let bytes = vec![77u8; 300 * 4 * 200 + 200 * 5];
+    for format in [PixelFormat::Gray8, PixelFormat::Gray16, PixelFormat::Rgb8, PixelFormat::Bgr8, PixelFormat::Rgba8] {
+        let stride = 300 * format.bytes_per_pixel() + 5;
+        let view = ImageView::new(&bytes, 300, 200, stride, format).unwrap();
+        let ((), n, _) = count(|| pre.image(&view, &mut input));
+        assert_eq!(n, 0, "{}", format.name());
+    }
+}
+
+#[test]
+fn segment_allocates_a_constant_amount_and_retains_nothing() {
+    let engine = prototype();
+    let mut s = engine.session().unwrap();
+    set_shots(&mut s, Task::UsLesion, &[1, 2, 3]);
+    let frames: Vec<_> = (10..14).map(|seed| sample(Task::UsLesion, seed).0).collect();
+    let (w, h) = (frames[0].width, frames[0].height);
+    let mut out = vec![0u8; w * h];
+    for f in &frames {
+        s.segment(&f.view(), &mut MaskMut::packed(&mut out, w, h).unwrap()).unwrap();
+    }
+    let mut counts = Vec::new();
+    for f in frames.iter().chain(&frames) {
+        let view = f.view();
+        let mut mask = MaskMut::packed(&mut out, w, h).unwrap();
+        let (r, n, net) = count(|| s.segment(&view, &mut mask));
+        r.unwrap();
+        assert_eq!(net, 0, "a frame left {net} bytes allocated");
+        counts.push(n);
+    }
+    eprintln!("allocations per frame (all inside tract's executor): {counts:?}");
+    assert!(counts.windows(2).all(|w| w[0] == w[1]), "allocations vary or grow: {counts:?}");
+}
