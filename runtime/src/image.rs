@@ -87,6 +87,11 @@ impl<'a> ImageView<'a> {
         self.format
     }
 
+    /// The whole buffer, row padding included.
+    pub fn bytes(&self) -> &'a [u8] {
+        self.data
+    }
+
     /// The bytes of row `y` that hold pixels (no row padding).
     pub fn row(&self, y: usize) -> &'a [u8] {
         let start = y * self.stride;

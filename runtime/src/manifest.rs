@@ -5,6 +5,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+/// Largest side R an engine may have.
+pub const MAX_RESOLUTION: usize = 2048;
+
 /// Most shots a context holds; fixed by the model contract.
 pub const MAX_SHOTS: usize = 3;
 
@@ -167,8 +170,8 @@ impl Manifest {
     pub fn validate(&self) -> Result<()> {
         let bad = |what: String| Err(Error::contract("manifest", what));
         let (r, c, s, t, d) = (self.resolution, self.channels, self.max_shots, self.tokens_per_shot, self.token_width);
-        if !(16..=2048).contains(&r) {
-            return bad(format!("resolution {r} is outside 16..=2048"));
+        if !(16..=MAX_RESOLUTION).contains(&r) {
+            return bad(format!("resolution {r} is outside 16..={MAX_RESOLUTION}"));
         }
         if c != self.colour.channels() {
             return bad(format!(

@@ -2,6 +2,7 @@
 //! then a threshold on the probability (sigmoid of the logit). Allocates nothing.
 
 use crate::image::MaskMut;
+use crate::manifest::MAX_RESOLUTION;
 
 /// The logit whose sigmoid is `threshold`; comparing logits avoids a sigmoid per pixel.
 pub fn threshold_logit(threshold: f32) -> f32 {
@@ -12,18 +13,21 @@ pub fn threshold_logit(threshold: f32) -> f32 {
 /// centres, edges clamped) and writes 255 where the logit exceeds `cut`, else 0.
 pub fn logits_to_mask(logits: &[f32], r: usize, cut: f32, out: &mut MaskMut) {
     debug_assert_eq!(logits.len(), r * r);
+    assert!(r <= MAX_RESOLUTION, "resolution {r} above {MAX_RESOLUTION}");
     let (w, h) = (out.width(), out.height());
     let sx = r as f32 / w as f32;
     let sy = r as f32 / h as f32;
+    let mut column = [0.0f32; MAX_RESOLUTION];
+    let column = &mut column[..r];
     for y in 0..h {
         let (y0, y1, fy) = taps(y, sy, r);
         let (row0, row1) = (&logits[y0 * r..(y0 + 1) * r], &logits[y1 * r..(y1 + 1) * r]);
-        let dst = out.row_mut(y);
-        for (x, d) in dst.iter_mut().enumerate() {
+        for ((c, a), b) in column.iter_mut().zip(row0).zip(row1) {
+            *c = a + (b - a) * fy;
+        }
+        for (x, d) in out.row_mut(y).iter_mut().enumerate() {
             let (x0, x1, fx) = taps(x, sx, r);
-            let top = row0[x0] + (row0[x1] - row0[x0]) * fx;
-            let bottom = row1[x0] + (row1[x1] - row1[x0]) * fx;
-            let v = top + (bottom - top) * fy;
+            let v = column[x0] + (column[x1] - column[x0]) * fx;
             *d = if v > cut { 255 } else { 0 };
         }
     }

@@ -38,16 +38,26 @@ impl Preprocessor {
     pub fn image(&self, frame: &ImageView, out: &mut [f32]) {
         let plane = self.resolution * self.resolution;
         debug_assert_eq!(out.len(), self.image_len());
+        let (r, g, b) = match frame.format() {
+            PixelFormat::Bgr8 => (2, 1, 0),
+            _ => (0, 1, 2),
+        };
+        const S: f32 = 1.0 / 255.0;
         for (c, dst) in out.chunks_exact_mut(plane).enumerate() {
-            let colour = self.colour;
-            area_resize(frame.width(), frame.height(), self.resolution, dst, |x, y| {
-                let [r, g, b] = frame.rgb(x, y);
-                match colour {
-                    ColourRule::Luma => 0.299 * r + 0.587 * g + 0.114 * b,
-                    ColourRule::Green => g,
-                    ColourRule::Rgb => [r, g, b][c],
+            match (frame.format(), self.colour) {
+                (PixelFormat::Gray8, _) => self.resample(frame, dst, |d, i| d[i] as f32 * S),
+                (PixelFormat::Gray16, _) => {
+                    self.resample(frame, dst, |d, i| u16::from_ne_bytes([d[i], d[i + 1]]) as f32 * (1.0 / 65535.0))
                 }
-            });
+                (_, ColourRule::Luma) => self.resample(frame, dst, |d, i| {
+                    (0.299 * d[i + r] as f32 + 0.587 * d[i + g] as f32 + 0.114 * d[i + b] as f32) * S
+                }),
+                (_, ColourRule::Green) => self.resample(frame, dst, |d, i| d[i + g] as f32 * S),
+                (_, ColourRule::Rgb) => {
+                    let k = [r, g, b][c];
+                    self.resample(frame, dst, |d, i| d[i + k] as f32 * S)
+                }
+            }
         }
         match &self.normalisation {
             Normalisation::MinMax => {
@@ -63,6 +73,13 @@ impl Preprocessor {
                 }
             }
         }
+    }
+
+    /// Area-resizes one channel of `frame` into `dst`; `px(bytes, i)` reads the channel of the
+    /// pixel whose first byte is `bytes[i]`.
+    fn resample(&self, frame: &ImageView, dst: &mut [f32], px: impl Fn(&[u8], usize) -> f32) {
+        let (bytes, stride, bpp) = (frame.bytes(), frame.stride(), frame.format().bytes_per_pixel());
+        area_resize(frame.width(), frame.height(), self.resolution, dst, |x, y| px(bytes, y * stride + x * bpp));
     }
 
     /// Writes a shot's mask (`Gray8`, same size as its image, ≥ 128 is foreground) as 0/1 at R×R.
@@ -119,32 +136,66 @@ pub fn binarise_coverage(coverage: &mut [f32]) {
 /// averaging: each output pixel is the mean of the source over its footprint, partial pixels
 /// weighted by the fraction covered.
 pub fn area_resize(width: usize, height: usize, r: usize, out: &mut [f32], sample: impl Fn(usize, usize) -> f32) {
-    let sx = width as f64 / r as f64;
-    let sy = height as f64 / r as f64;
-    let norm = (1.0 / (sx * sy)) as f32;
+    let sx = width as f32 / r as f32;
+    let sy = height as f32 / r as f32;
     for oy in 0..r {
-        let (y0, y1) = (oy as f64 * sy, (oy + 1) as f64 * sy);
+        let ys = Span::new(oy, sy, height);
         for ox in 0..r {
-            let (x0, x1) = (ox as f64 * sx, (ox + 1) as f64 * sx);
+            let xs = Span::new(ox, sx, width);
             let mut acc = 0.0f32;
-            for y in y0.floor() as usize..(y1.ceil() as usize).min(height) {
-                let wy = overlap(y, y0, y1);
-                let mut row = 0.0f32;
-                for x in x0.floor() as usize..(x1.ceil() as usize).min(width) {
-                    row += overlap(x, x0, x1) * sample(x, y);
+            for y in ys.first..ys.end {
+                let mut row = sample(xs.first, y) * xs.w_first;
+                if xs.end - xs.first > 1 {
+                    for x in xs.first + 1..xs.end - 1 {
+                        row += sample(x, y);
+                    }
+                    row += sample(xs.end - 1, y) * xs.w_last;
                 }
-                acc += wy * row;
+                acc += ys.weight(y) * row;
             }
-            out[oy * r + ox] = acc * norm;
+            out[oy * r + ox] = acc / (xs.len * ys.len);
         }
     }
 }
 
-/// Length of [i, i+1) ∩ [a, b).
-#[inline]
-fn overlap(i: usize, a: f64, b: f64) -> f32 {
-    let i = i as f64;
-    (b.min(i + 1.0) - a.max(i)).max(0.0) as f32
+/// The source pixels under one output pixel along one axis.
+struct Span {
+    /// First source pixel touched.
+    first: usize,
+    /// One past the last source pixel touched.
+    end: usize,
+    /// Fraction of the first pixel covered.
+    w_first: f32,
+    /// Fraction of the last pixel covered (the first's when only one is touched).
+    w_last: f32,
+    /// Length of the footprint in source pixels.
+    len: f32,
+}
+
+impl Span {
+    /// The footprint [o·s, (o+1)·s) of output pixel `o`, clipped to `n` source pixels.
+    #[inline]
+    fn new(o: usize, s: f32, n: usize) -> Span {
+        let a = o as f32 * s;
+        let b = ((o + 1) as f32 * s).min(n as f32);
+        let first = (a as usize).min(n - 1);
+        let end = (b.ceil() as usize).clamp(first + 1, n);
+        let w_first = (first as f32 + 1.0).min(b) - a;
+        let w_last = if end - first > 1 { b - (end - 1) as f32 } else { w_first };
+        Span { first, end, w_first, w_last, len: b - a }
+    }
+
+    /// Weight of source pixel `i` (within `first..end`).
+    #[inline]
+    fn weight(&self, i: usize) -> f32 {
+        if i == self.first {
+            self.w_first
+        } else if i + 1 == self.end {
+            self.w_last
+        } else {
+            1.0
+        }
+    }
 }
 
 #[cfg(test)]

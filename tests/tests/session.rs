@@ -134,3 +134,11 @@ fn sessions_of_one_engine_are_independent_and_send() {
     set_shots(&mut s, Task::FundusDisc, &[1, 2]);
     assert_eq!(segment(&mut s, &q), masks[0], "same context, same mask, whatever the thread");
 }
+
+#[test]
+fn engine_is_shareable_and_sessions_can_move_between_threads() {
+    fn shareable<T: Send + Sync>() {}
+    fn movable<T: Send>() {}
+    shareable::<segicl::Engine>();
+    movable::<segicl::Session>();
+}

@@ -75,7 +75,10 @@ fn main() -> ExitCode {
     let level = if cli.verbose { "info" } else { "warn" };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
     let global = Global {
-        engine: cli.engine.unwrap_or_else(|| PathBuf::from(BUNDLED_ENGINE)),
+        engine: cli.engine.unwrap_or_else(|| {
+            let bundled = PathBuf::from(BUNDLED_ENGINE);
+            std::fs::canonicalize(&bundled).unwrap_or(bundled)
+        }),
         options: EngineOptions { backend: cli.backend, threads: cli.threads },
     };
     let result = match cli.command {

@@ -1,0 +1,300 @@
+//! The `segicl-edge` command line, end to end, as a validation engineer uses it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use segicl::dataset::save_png;
+use segicl::format::{EngineFile, Tag};
+use segicl::synthetic::{self, Task};
+use segicl::{OwnedImage, PixelFormat};
+
+fn engine() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/prototype.plan")
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_segicl-edge")).args(args).output().expect("segicl-edge runs")
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// Writes synthetic `task` samples `seeds` as `dir/images/N.png` and `dir/masks/N.png`.
+fn write_samples(dir: &Path, task: Task, seeds: std::ops::Range<u64>) {
+    std::fs::create_dir_all(dir.join("images")).unwrap();
+    std::fs::create_dir_all(dir.join("masks")).unwrap();
+    for seed in seeds {
+        let (image, mask) = synthetic::sample(task, seed);
+        let mask = OwnedImage { width: image.width, height: image.height, format: PixelFormat::Gray8, data: mask };
+        save_png(&dir.join(format!("images/{seed}.png")), &image).unwrap();
+        save_png(&dir.join(format!("masks/{seed}.png")), &mask).unwrap();
+    }
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+#[test]
+fn segment_writes_frame_sized_masks_and_overlays() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    write_samples(&data, Task::FundusDisc, 1..5);
+    let shot =
+        |n: u64| format!("{}={}", p(&data.join(format!("images/{n}.png"))), p(&data.join(format!("masks/{n}.png"))));
+    let out = dir.path().join("out");
+    let o = run(&[
+        "--engine",
+        p(&engine()),
+        "segment",
+        "--shot",
+        &shot(1),
+        "--shot",
+        &shot(2),
+        "--query",
+        p(&data.join("images/3.png")),
+        p(&data.join("images/4.png")),
+        "--out",
+        p(&out),
+        "--overlay",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(json["shots"], 2);
+    assert_eq!(json["results"].as_array().unwrap().len(), 2);
+    let mask = image::open(out.join("3.mask.png")).unwrap().into_luma8();
+    assert_eq!(mask.dimensions(), (288, 288));
+    assert!(mask.pixels().all(|p| p.0[0] == 0 || p.0[0] == 255));
+    let truth = image::open(data.join("masks/3.png")).unwrap().into_luma8();
+    let dice = segicl::metrics::overlap(mask.as_raw(), truth.as_raw()).dice;
+    assert!(dice > 0.8, "Dice {dice}");
+    assert_eq!(image::open(out.join("4.overlay.png")).unwrap().into_rgb8().dimensions(), (288, 288));
+}
+
+#[test]
+fn segment_with_default_shots_needs_no_shot_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    write_samples(&data, Task::UsLesion, 7..8);
+    let o = run(&["segment", "--task", "us-lesion", "--query", p(&data.join("images/7.png")), "--out", p(dir.path())]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(dir.path().join("7.mask.png").exists());
+}
+
+/// One row per bad command line: its arguments and words its error must contain.
+#[test]
+fn bad_inputs_fail_with_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    write_samples(&data, Task::UsLesion, 1..3);
+    let img = |n: u64| data.join(format!("images/{n}.png")).to_str().unwrap().to_string();
+    let mask = |n: u64| data.join(format!("masks/{n}.png")).to_str().unwrap().to_string();
+    let small = dir.path().join("small.png");
+    save_png(&small, &OwnedImage::zeros(10, 10, PixelFormat::Gray8)).unwrap();
+    let garbage = dir.path().join("garbage.png");
+    std::fs::write(&garbage, b"not a png at all").unwrap();
+    let onnx = dir.path().join("encoder.onnx");
+    std::fs::write(&onnx, EngineFile::open(&engine()).unwrap().section(Tag::ENCODER).unwrap()).unwrap();
+    let shot = format!("{}={}", img(1), mask(1));
+    let out = p(dir.path()).to_string();
+    let cases: Vec<(Vec<String>, Vec<&str>)> = vec![
+        (
+            vec![
+                "segment".into(),
+                "--shot".into(),
+                format!("{}={}", img(1), p(&small)),
+                "--query".into(),
+                img(2),
+                "--out".into(),
+                out.clone(),
+            ],
+            vec!["10×10", "320×256"],
+        ),
+        (
+            vec![
+                "segment".into(),
+                "--shot".into(),
+                shot.clone(),
+                "--query".into(),
+                p(&garbage).into(),
+                "--out".into(),
+                out.clone(),
+            ],
+            vec!["garbage.png", "decode"],
+        ),
+        (
+            vec![
+                "segment".into(),
+                "--shot".into(),
+                shot.clone(),
+                "--shot".into(),
+                shot.clone(),
+                "--shot".into(),
+                shot.clone(),
+                "--shot".into(),
+                shot.clone(),
+                "--query".into(),
+                img(2),
+                "--out".into(),
+                out.clone(),
+            ],
+            vec!["at most 3"],
+        ),
+        (
+            vec![
+                "segment".into(),
+                "--shot".into(),
+                format!("{}=", img(1)),
+                "--query".into(),
+                img(2),
+                "--out".into(),
+                out.clone(),
+            ],
+            vec!["IMAGE=MASK"],
+        ),
+        (
+            vec![
+                "segment".into(),
+                "--shot".into(),
+                format!("{}={}", img(1), p(&dir.path().join("missing.png"))),
+                "--query".into(),
+                img(2),
+                "--out".into(),
+                out.clone(),
+            ],
+            vec!["missing.png"],
+        ),
+        (vec!["--engine".into(), p(&onnx).into(), "inspect".into()], vec!["bare ONNX", "segicl-edge pack"]),
+        (vec!["--engine".into(), p(&dir.path().join("nope.plan")).into(), "inspect".into()], vec!["nope.plan"]),
+        (vec!["--backend".into(), "cuda".into(), "inspect".into()], vec![]),
+        (
+            vec![
+                "--backend".into(),
+                "cuda".into(),
+                "segment".into(),
+                "--task".into(),
+                "us-lesion".into(),
+                "--query".into(),
+                img(2),
+                "--out".into(),
+                out.clone(),
+            ],
+            vec!["cuda", "--backend cpu"],
+        ),
+        (
+            vec![
+                "segment".into(),
+                "--task".into(),
+                "liver".into(),
+                "--query".into(),
+                img(2),
+                "--out".into(),
+                out.clone(),
+            ],
+            vec!["liver", "us-lesion"],
+        ),
+    ];
+    for (args, words) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = run(&args);
+        let t = text(&o);
+        if words.is_empty() {
+            assert!(o.status.success(), "{args:?}: {t}");
+            continue;
+        }
+        assert!(!o.status.success(), "{args:?} succeeded: {t}");
+        assert!(!t.contains("panicked"), "{args:?} panicked: {t}");
+        for w in words {
+            assert!(t.contains(w), "{args:?}: `{t}` lacks `{w}`");
+        }
+    }
+}
+
+#[test]
+fn verify_names_the_damaged_section_and_exits_1() {
+    let o = run(&["--engine", p(&engine()), "verify"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("verified"));
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.plan");
+    let mut bytes = std::fs::read(engine()).unwrap();
+    let decoder = EngineFile::open(&engine()).unwrap().layout().find(Tag::DECODER).copied().unwrap();
+    bytes[decoder.offset as usize + 100] ^= 1;
+    std::fs::write(&bad, &bytes).unwrap();
+    let o = run(&["--engine", p(&bad), "verify"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("DECODER") && text(&o).contains("checksum"), "{}", text(&o));
+}
+
+#[test]
+fn pack_then_inspect_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = EngineFile::open(&engine()).unwrap();
+    for (tag, name) in
+        [(Tag::ENCODER, "e.onnx"), (Tag::DECODER, "d.onnx"), (Tag::MANIFEST, "m.json"), (Tag::CARD, "card.md")]
+    {
+        std::fs::write(dir.path().join(name), file.section(tag).unwrap()).unwrap();
+    }
+    write_samples(&dir.path().join("shots"), Task::FundusCup, 1..4);
+    let out = dir.path().join("new.plan");
+    let f = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    let o = run(&[
+        "pack",
+        "--manifest",
+        &f("m.json"),
+        "--encoder",
+        &f("e.onnx"),
+        "--decoder",
+        &f("d.onnx"),
+        "--card",
+        &f("card.md"),
+        "--shots",
+        &format!("cup={}", f("shots")),
+        "-o",
+        p(&out),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = run(&["--engine", p(&out), "inspect", "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(json["manifest"]["default_shot_tasks"], serde_json::json!(["cup"]));
+    assert_eq!(json["sections"].as_array().unwrap().len(), 5);
+    // Graphs that do not fit the manifest: nothing is left behind.
+    let bad = dir.path().join("bad.plan");
+    let o =
+        run(&["pack", "--manifest", &f("m.json"), "--encoder", &f("d.onnx"), "--decoder", &f("e.onnx"), "-o", p(&bad)]);
+    assert!(!o.status.success() && text(&o).contains("do not fit"), "{}", text(&o));
+    assert!(!bad.exists());
+}
+
+#[test]
+fn eval_json_has_one_row_per_shot_count() {
+    let dir = tempfile::tempdir().unwrap();
+    write_samples(dir.path(), Task::UsLesion, 1..7);
+    let o = run(&["eval", "--data", p(dir.path()), "--shots", "1,3", "--draws", "2", "--seed", "4", "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let rows = json["results"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[1]["shots"], 3);
+    assert_eq!(rows[1]["queries"], 2 * 3);
+    assert!(rows[1]["dice_mean"].as_f64().unwrap() > 0.7, "{json}");
+    let again = run(&["eval", "--data", p(dir.path()), "--shots", "1,3", "--draws", "2", "--seed", "4", "--json"]);
+    assert_eq!(again.stdout, o.stdout, "the same seed gives the same figures");
+}
+
+#[test]
+fn demo_and_bench_run_on_the_bundled_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = run(&["demo", "--out", p(dir.path())]);
+    assert!(o.status.success(), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("fundus-cup") && t.contains("task switch"), "{t}");
+    assert!(dir.path().join("us-lesion-0.png").exists());
+    let o = run(&["bench", "--frames", "3", "--warmup", "1", "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(json["stages"].as_array().unwrap().len(), 7);
+}
