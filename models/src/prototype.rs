@@ -41,23 +41,54 @@ const EMPTY_TOKEN: f32 = 1.0e3;
 /// Seeds of the default shots stored for each synthetic task.
 const DEFAULT_SHOT_SEEDS: [u64; 3] = [9001, 9002, 9003];
 
-/// A k×k pool (stride 1, same size) as a k×1 then a 1×k pass: exact for max and for a mean
-/// that excludes the padding (a clipped window is still a rectangle), and k/2 times cheaper.
-fn pool(g: &mut GraphBuilder, op: &str, x: &str, k: i64) -> String {
+/// A k×k max pool (stride 1, same size) as a k×1 then a 1×k pass: exact, and k/2 times cheaper.
+fn max_pool(g: &mut GraphBuilder, x: &str, k: i64) -> String {
     let p = k / 2;
-    let pass = |g: &mut GraphBuilder, x: &str, kernel: [i64; 2], pads: [i64; 4]| {
-        let mut attrs = vec![("kernel_shape", Attr::Ints(kernel.to_vec())), ("pads", Attr::Ints(pads.to_vec()))];
-        if op == "AveragePool" {
-            attrs.push(("count_include_pad", Attr::Int(0)));
-        }
-        g.op(op, &[x], attrs)
-    };
-    let rows = pass(g, x, [k, 1], [p, 0, p, 0]);
-    pass(g, &rows, [1, k], [0, p, 0, p])
+    let rows =
+        g.op("MaxPool", &[x], vec![("kernel_shape", Attr::Ints(vec![k, 1])), ("pads", Attr::Ints(vec![p, 0, p, 0]))]);
+    g.op("MaxPool", &[&rows], vec![("kernel_shape", Attr::Ints(vec![1, k])), ("pads", Attr::Ints(vec![0, p, 0, p]))])
 }
 
-fn avg_pool(g: &mut GraphBuilder, x: &str, k: i64) -> String {
-    pool(g, "AveragePool", x, k)
+/// Means of single-channel maps over k×k windows (stride 1, same size; a window clipped at the
+/// border averages what is inside), one `(map, k)` per output channel: \[1, n, R, R\].
+///
+/// Each sum is two single-channel box convolutions (k×1, then 1×k); dividing by the same sums of
+/// a map of ones (the number of pixels inside each window) keeps the padding out of the mean.
+/// tract runs single-channel convolutions about 20 times faster than AveragePool without the
+/// padding, and far faster than grouped (depthwise) ones with wide kernels.
+fn box_means(g: &mut GraphBuilder, maps: &[(&str, i64)]) -> String {
+    let zero = g.scalar(0.0);
+    let one = g.scalar(1.0);
+    let ones = g.op("Mul", &[maps[0].0, &zero], vec![]);
+    let ones = g.op("Add", &[&ones, &one], vec![]);
+    let box_sum = |g: &mut GraphBuilder, x: &str, k: i64| {
+        let p = k / 2;
+        let column = g.constant(&[1, 1, k as usize, 1], vec![1.0; k as usize]);
+        let row = g.constant(&[1, 1, 1, k as usize], vec![1.0; k as usize]);
+        let sums = g.op("Conv", &[x, &column], vec![("pads", Attr::Ints(vec![p, 0, p, 0]))]);
+        g.op("Conv", &[&sums, &row], vec![("pads", Attr::Ints(vec![0, p, 0, p]))])
+    };
+    let mut counts: Vec<(i64, String)> = Vec::new();
+    let mut means = Vec::new();
+    for &(map, k) in maps {
+        let count = match counts.iter().find(|(kk, _)| *kk == k) {
+            Some((_, c)) => c.clone(),
+            None => {
+                let c = box_sum(g, &ones, k);
+                counts.push((k, c.clone()));
+                c
+            }
+        };
+        let sum = box_sum(g, map, k);
+        means.push(g.op("Div", &[&sum, &count], vec![]));
+    }
+    g.op("Concat", &means.iter().map(String::as_str).collect::<Vec<_>>(), vec![("axis", Attr::Int(1))])
+}
+
+/// Channel `c` of `x` (\[1, C, R, R\] → \[1, 1, R, R\]).
+fn channel(g: &mut GraphBuilder, x: &str, c: i64) -> String {
+    let ix = g.ints(&[c]);
+    g.op("Gather", &[x, &ix], vec![("axis", Attr::Int(1))])
 }
 
 /// Mean feature (\[1, k, F\]) and area (\[1, k, 1\]) of k weighted regions (\[1, k, R·R\]),
@@ -95,11 +126,14 @@ pub fn encoder() -> Vec<u8> {
     let image = g.input("image", &[1, 1, r, r]);
     let mask = g.input("mask", &[1, 1, r, r]);
 
-    let m3 = avg_pool(&mut g, &image, 3);
-    let m9 = avg_pool(&mut g, &image, 9);
-    let m17 = avg_pool(&mut g, &image, 17);
     let sq = g.op("Mul", &[&image, &image], vec![]);
-    let s9 = avg_pool(&mut g, &sq, 9);
+    let means = box_means(&mut g, &[(&image, 3), (&image, 9), (&image, 17), (&sq, 9)]);
+    let (m3, m9, m17, s9) = (
+        channel(&mut g, &means, 0),
+        channel(&mut g, &means, 1),
+        channel(&mut g, &means, 2),
+        channel(&mut g, &means, 3),
+    );
     let m9sq = g.op("Mul", &[&m9, &m9], vec![]);
     let var = g.op("Sub", &[&s9, &m9sq], vec![]);
     let var = g.op("Relu", &[&var], vec![]);
@@ -125,7 +159,7 @@ pub fn encoder() -> Vec<u8> {
     let feat = g.op("Mul", &[&feat, &weights], vec![]);
     g.output(&feat, "feat_0", &[1, FEATURES, r, r]);
 
-    let dilated = pool(&mut g, "MaxPool", &mask, RING);
+    let dilated = max_pool(&mut g, &mask, RING);
     let ring = g.op("Sub", &[&dilated, &mask], vec![]);
     let one = g.scalar(1.0);
     let far = g.op("Sub", &[&one, &dilated], vec![]);
