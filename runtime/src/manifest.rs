@@ -198,7 +198,7 @@ impl Manifest {
             if self.tensors[..i].iter().any(|b| (b.graph, b.direction, &b.name) == (a.graph, a.direction, &a.name)) {
                 return bad(format!("tensor `{}` appears twice in the {:?} {:?} rows", a.name, a.graph, a.direction));
             }
-            if a.shape.iter().product::<usize>() > 1 << 28 {
+            if a.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).is_none_or(|n| n > 1 << 28) {
                 return bad(format!("tensor `{}` of shape {:?} is too large", a.name, a.shape));
             }
         }
@@ -295,6 +295,7 @@ mod tests {
             ("colour rule", Box::new(|m| m.channels = 3)),
             ("max_shots", Box::new(|m| m.max_shots = 4)),
             ("threshold", Box::new(|m| m.threshold = 1.5)),
+            ("too large", Box::new(|m| m.tensors[3].shape = vec![usize::MAX, 2, 1, 1])),
         ];
         for (needle, mutate) in cases {
             let mut m = manifest();

@@ -71,6 +71,13 @@ impl Global {
 }
 
 fn main() -> ExitCode {
+    // Die quietly when the reader of stdout goes away (`segicl-edge inspect | head`), as
+    // command-line tools do, instead of panicking on the failed write.
+    #[cfg(unix)]
+    // SAFETY: restores the default disposition of SIGPIPE before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let level = if cli.verbose { "info" } else { "warn" };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
