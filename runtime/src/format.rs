@@ -245,7 +245,7 @@ impl Layout {
                 flags: LE::read_u32(&e[28..32]),
             };
             let name = s.tag.name();
-            if s.offset % ALIGNMENT as u64 != 0 {
+            if !s.offset.is_multiple_of(ALIGNMENT as u64) {
                 return Err(corrupt(format!(
                     "section {name} starts at {} which is not {ALIGNMENT}-byte aligned",
                     s.offset
