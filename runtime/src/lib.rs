@@ -4,6 +4,8 @@
 //! [`Session`] per stream, set shots with [`Session::set_shot`], then call [`Session::segment`]
 //! per frame: one encoder pass and one decoder pass, the shots' context served from a cache.
 
+#![warn(missing_docs)]
+
 pub mod backend;
 pub mod cache;
 pub mod dataset;

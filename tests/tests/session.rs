@@ -142,3 +142,26 @@ fn engine_is_shareable_and_sessions_can_move_between_threads() {
     shareable::<segicl::Engine>();
     movable::<segicl::Session>();
 }
+
+#[test]
+fn extreme_frame_sizes_and_every_format_work() {
+    let engine = prototype();
+    let mut s = engine.session().unwrap();
+    set_shots(&mut s, Task::UsLesion, &[1]);
+    let formats = [PixelFormat::Gray8, PixelFormat::Gray16, PixelFormat::Rgb8, PixelFormat::Bgr8, PixelFormat::Rgba8];
+    for (w, h) in [(1, 1), (1, 500), (500, 1), (3, 7), (1000, 13), (129, 127)] {
+        for format in formats {
+            let stride = w * format.bytes_per_pixel() + 1;
+            let pixels: Vec<u8> = (0..stride * h).map(|i| (i * 37 % 251) as u8).collect();
+            let frame = ImageView::new(&pixels, w, h, stride, format).unwrap();
+            let mut out = vec![7u8; w * h];
+            s.segment(&frame, &mut MaskMut::packed(&mut out, w, h).unwrap()).unwrap();
+            assert!(out.iter().all(|&v| v == 0 || v == 255), "{w}×{h} {}", format.name());
+            // The same picture as a shot, with a one-pixel mask.
+            let mut mask = vec![0u8; w * h];
+            mask[(h / 2) * w + w / 2] = 255;
+            let mask = ImageView::packed(&mask, w, h, PixelFormat::Gray8).unwrap();
+            s.set_shot(2, &frame, &mask).unwrap();
+        }
+    }
+}
