@@ -1,0 +1,520 @@
+//! The C ABI of segicl: `libsegicl.so` / `libsegicl.a`, described by the generated `segicl.h`.
+//!
+//! Conventions: opaque handles (`SegiclEngine`, `SegiclSession`); every function that can fail
+//! returns a [`SegiclStatus`] and leaves a message for [`segicl_last_error`] (per thread);
+//! out-parameters are written only on success; every `_free` accepts NULL; no panic crosses the
+//! boundary (each entry point catches unwinds and returns `SEGICL_ERR_INTERNAL`).
+//!
+//! Threads: an engine is read-only once open and may be shared by any number of threads; a
+//! session belongs to one thread at a time (it may move between threads, but two threads must
+//! not call into the same session at once).
+
+#![allow(non_camel_case_types)]
+
+use std::cell::RefCell;
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Mutex, Once};
+
+use segicl::{BackendChoice, Engine, EngineOptions, Error, ImageView, MaskMut, PixelFormat, Session};
+
+/// ABI version: bumped on any incompatible change of the functions or structs below.
+pub const SEGICL_ABI_VERSION: u32 = 1;
+
+/// Result of a call. Codes are never reused.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SegiclStatus {
+    /// Success.
+    SEGICL_OK = 0,
+    /// A pointer, size, stride, slot, format or option is wrong.
+    SEGICL_ERR_INVALID_ARGUMENT,
+    /// A file could not be read.
+    SEGICL_ERR_IO,
+    /// The engine file is damaged, not an engine, or its graphs break the manifest.
+    SEGICL_ERR_CORRUPT_ENGINE,
+    /// Asked for something this build or this engine does not support.
+    SEGICL_ERR_UNSUPPORTED,
+    /// Segment called before any shot was set.
+    SEGICL_ERR_NO_SHOTS,
+    /// The backend failed or is not available here.
+    SEGICL_ERR_BACKEND,
+    /// A bug: a panic was caught at the boundary.
+    SEGICL_ERR_INTERNAL,
+}
+use SegiclStatus::*;
+
+/// Pixel layout of a [`SegiclImage`].
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SegiclPixelFormat {
+    /// One byte per pixel.
+    SEGICL_PIXEL_GRAY8 = 0,
+    /// One native-endian 16-bit sample per pixel.
+    SEGICL_PIXEL_GRAY16,
+    /// Red, green, blue bytes.
+    SEGICL_PIXEL_RGB8,
+    /// Blue, green, red bytes.
+    SEGICL_PIXEL_BGR8,
+    /// Red, green, blue, alpha bytes (alpha ignored).
+    SEGICL_PIXEL_RGBA8,
+}
+
+/// Backend to run on.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SegiclBackend {
+    /// The best one present (today: the CPU).
+    SEGICL_BACKEND_AUTO = 0,
+    /// tract on the CPU.
+    SEGICL_BACKEND_CPU,
+    /// An NVIDIA GPU through CUDA (not in this build: SEGICL_ERR_BACKEND).
+    SEGICL_BACKEND_CUDA,
+    /// TensorRT on Jetson (not in this build: SEGICL_ERR_UNSUPPORTED).
+    SEGICL_BACKEND_TENSORRT,
+}
+
+/// A caller-owned image: `height` rows of `width` pixels, rows `stride_bytes` apart.
+#[repr(C)]
+pub struct SegiclImage {
+    /// First byte of the first row.
+    pub data: *const u8,
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// Bytes from one row to the next (at least width × bytes per pixel).
+    pub stride_bytes: u32,
+    /// Pixel layout.
+    pub format: SegiclPixelFormat,
+}
+
+/// A caller-owned mask the size of the frame; written as 0 (background) or 255 (foreground).
+#[repr(C)]
+pub struct SegiclMask {
+    /// First byte of the first row.
+    pub data: *mut u8,
+    /// Width in pixels (must equal the frame's).
+    pub width: u32,
+    /// Height in pixels (must equal the frame's).
+    pub height: u32,
+    /// Bytes from one row to the next (at least width).
+    pub stride_bytes: u32,
+}
+
+/// Options of [`segicl_engine_open`]; start from [`segicl_options_default`].
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct SegiclOptions {
+    /// `sizeof(SegiclOptions)` as the caller compiled it.
+    pub struct_size: u32,
+    /// Backend to run on.
+    pub backend: SegiclBackend,
+    /// CPU threads for the graphs (0 means 1).
+    pub threads: u32,
+    /// Probability threshold of the masks, strictly between 0 and 1; 0 means the engine's.
+    pub threshold: f32,
+    /// Two-pass ROI refinement: must be 0 (not in this build).
+    pub roi: u32,
+}
+
+/// An open engine (opaque). Shareable between threads.
+pub struct SegiclEngine {
+    engine: Engine,
+    threshold: Option<f32>,
+}
+
+/// A session (opaque): one stream's context and buffers.
+pub struct SegiclSession {
+    session: Session,
+}
+
+thread_local! {
+    static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
+}
+
+fn set_last_error(message: &str) {
+    let text = CString::new(message.replace('\0', " ")).unwrap_or_default();
+    LAST_ERROR.with(|e| *e.borrow_mut() = text);
+}
+
+/// A failure: its status and the message for `segicl_last_error`.
+struct Failure(SegiclStatus, String);
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        let status = match &e {
+            Error::Io { .. } => SEGICL_ERR_IO,
+            Error::Corrupt { .. } | Error::NotAnEngine { .. } | Error::Contract { .. } => SEGICL_ERR_CORRUPT_ENGINE,
+            Error::UnsupportedVersion { .. } => SEGICL_ERR_UNSUPPORTED,
+            Error::InvalidArgument(_) => SEGICL_ERR_INVALID_ARGUMENT,
+            Error::NoShots => SEGICL_ERR_NO_SHOTS,
+            Error::Backend { .. } => SEGICL_ERR_BACKEND,
+        };
+        Failure(status, e.to_string())
+    }
+}
+
+fn invalid(message: impl Into<String>) -> Failure {
+    Failure(SEGICL_ERR_INVALID_ARGUMENT, message.into())
+}
+
+/// Runs `body`, catching panics; records the message of any failure and returns the status.
+fn boundary(body: impl FnOnce() -> Result<(), Failure>) -> SegiclStatus {
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(Ok(())) => {
+            set_last_error("");
+            SEGICL_OK
+        }
+        Ok(Err(Failure(status, message))) => {
+            set_last_error(&message);
+            status
+        }
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            set_last_error(&format!("internal error (please report): {what}"));
+            SEGICL_ERR_INTERNAL
+        }
+    }
+}
+
+/// `ptr` as a reference, or an invalid-argument failure naming `what`.
+///
+/// # Safety
+/// `ptr` is NULL or points to a live, properly aligned `T`.
+unsafe fn arg<'a, T>(ptr: *const T, what: &str) -> Result<&'a T, Failure> {
+    unsafe { ptr.as_ref() }.ok_or_else(|| invalid(format!("{what} is NULL")))
+}
+
+/// `ptr` as a mutable reference, or an invalid-argument failure naming `what`.
+///
+/// # Safety
+/// `ptr` is NULL or points to a live, properly aligned `T` nobody else uses during the call.
+unsafe fn arg_mut<'a, T>(ptr: *mut T, what: &str) -> Result<&'a mut T, Failure> {
+    unsafe { ptr.as_mut() }.ok_or_else(|| invalid(format!("{what} is NULL")))
+}
+
+/// A NUL-terminated UTF-8 string argument.
+///
+/// # Safety
+/// `ptr` is NULL or points to a NUL-terminated string.
+unsafe fn text<'a>(ptr: *const c_char, what: &str) -> Result<&'a str, Failure> {
+    if ptr.is_null() {
+        return Err(invalid(format!("{what} is NULL")));
+    }
+    unsafe { CStr::from_ptr(ptr) }.to_str().map_err(|_| invalid(format!("{what} is not UTF-8")))
+}
+
+/// Reads an enum field as the integer the caller stored, so that an out-of-range value is an
+/// error rather than undefined behaviour.
+///
+/// # Safety
+/// `field` points to a readable 4-byte field.
+unsafe fn raw_enum<T>(field: *const T) -> u32 {
+    debug_assert_eq!(std::mem::size_of::<T>(), 4);
+    unsafe { field.cast::<u32>().read() }
+}
+
+/// A view over a caller's image, after checking every field.
+///
+/// # Safety
+/// `image` is NULL or points to a `SegiclImage` whose `data` covers `stride_bytes × (height − 1)
+/// + width × bytes per pixel` readable bytes.
+unsafe fn image_view<'a>(image: *const SegiclImage, what: &str) -> Result<ImageView<'a>, Failure> {
+    let image = unsafe { arg(image, what) }?;
+    let format = match unsafe { raw_enum(&image.format) } {
+        0 => PixelFormat::Gray8,
+        1 => PixelFormat::Gray16,
+        2 => PixelFormat::Rgb8,
+        3 => PixelFormat::Bgr8,
+        4 => PixelFormat::Rgba8,
+        other => return Err(invalid(format!("{what}: pixel format {other} is not one of SEGICL_PIXEL_*"))),
+    };
+    if image.data.is_null() {
+        return Err(invalid(format!("{what}: data is NULL")));
+    }
+    let (w, h, stride) = (image.width as usize, image.height as usize, image.stride_bytes as usize);
+    if w == 0 || h == 0 {
+        return Err(invalid(format!("{what} is {w}×{h}: both sides must be at least 1 pixel")));
+    }
+    let row = w * format.bytes_per_pixel();
+    if stride < row {
+        return Err(invalid(format!("{what}: stride {stride} is smaller than a row of {w} pixels ({row} bytes)")));
+    }
+    let len = stride * (h - 1) + row;
+    let bytes = unsafe { std::slice::from_raw_parts(image.data, len) };
+    ImageView::new(bytes, w, h, stride, format).map_err(|e| Failure::from(e).with_context(what))
+}
+
+impl Failure {
+    fn with_context(self, what: &str) -> Failure {
+        Failure(self.0, format!("{what}: {}", self.1))
+    }
+}
+
+/// The ABI version this library implements; firmware should refuse a mismatch.
+#[no_mangle]
+pub extern "C" fn segicl_abi_version() -> u32 {
+    SEGICL_ABI_VERSION
+}
+
+/// The library version, e.g. "0.1.0" (static storage).
+#[no_mangle]
+pub extern "C" fn segicl_version() -> *const c_char {
+    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
+}
+
+/// Default options: auto backend, 1 thread, the engine's threshold, no ROI.
+#[no_mangle]
+pub extern "C" fn segicl_options_default() -> SegiclOptions {
+    SegiclOptions {
+        struct_size: std::mem::size_of::<SegiclOptions>() as u32,
+        backend: SegiclBackend::SEGICL_BACKEND_AUTO,
+        threads: 1,
+        threshold: 0.0,
+        roi: 0,
+    }
+}
+
+/// Opens, verifies and prepares the engine file at `path`; `opts` NULL means defaults.
+/// On success writes the engine to `*out` (free it with [`segicl_engine_free`]).
+///
+/// # Safety
+/// `path` is a NUL-terminated string; `opts` is NULL or a valid `SegiclOptions`; `out` is a
+/// writable pointer.
+#[no_mangle]
+pub unsafe extern "C" fn segicl_engine_open(
+    path: *const c_char,
+    opts: *const SegiclOptions,
+    out: *mut *mut SegiclEngine,
+) -> SegiclStatus {
+    boundary(|| {
+        if out.is_null() {
+            return Err(invalid("out is NULL"));
+        }
+        let path = unsafe { text(path, "path") }?;
+        let opts = if opts.is_null() { segicl_options_default() } else { unsafe { read_options(opts) }? };
+        let backend = match unsafe { raw_enum(&opts.backend) } {
+            0 => BackendChoice::Auto,
+            1 => BackendChoice::Cpu,
+            2 => BackendChoice::Cuda,
+            3 => return Err(Failure(SEGICL_ERR_UNSUPPORTED, "the TensorRT backend is not in this build".into())),
+            other => return Err(invalid(format!("backend {other} is not one of SEGICL_BACKEND_*"))),
+        };
+        if opts.roi != 0 {
+            return Err(Failure(SEGICL_ERR_UNSUPPORTED, "ROI refinement is not in this build; set roi to 0".into()));
+        }
+        let threshold = match opts.threshold {
+            t if t == 0.0 => None,
+            t if t > 0.0 && t < 1.0 => Some(t),
+            t => return Err(invalid(format!("threshold {t} is not 0 (engine default) or strictly between 0 and 1"))),
+        };
+        let options = EngineOptions { backend, threads: opts.threads.max(1) as usize };
+        let engine = Engine::open(path, &options)?;
+        unsafe { out.write(Box::into_raw(Box::new(SegiclEngine { engine, threshold }))) };
+        Ok(())
+    })
+}
+
+/// Reads the caller's options, which may be an older (shorter) struct.
+///
+/// # Safety
+/// `opts` points to at least `struct_size` readable bytes laid out as `SegiclOptions`.
+unsafe fn read_options(opts: *const SegiclOptions) -> Result<SegiclOptions, Failure> {
+    let size = unsafe { opts.cast::<u32>().read() } as usize;
+    if size < std::mem::size_of::<SegiclOptions>() {
+        return Err(invalid(format!(
+            "options.struct_size is {size}; this library needs {} (start from segicl_options_default())",
+            std::mem::size_of::<SegiclOptions>()
+        )));
+    }
+    Ok(unsafe { opts.read() })
+}
+
+/// Frees an engine; NULL is a no-op. Free its sessions first.
+///
+/// # Safety
+/// `engine` is NULL or came from [`segicl_engine_open`] and was not freed yet.
+#[no_mangle]
+pub unsafe extern "C" fn segicl_engine_free(engine: *mut SegiclEngine) {
+    if !engine.is_null() {
+        let _ = catch_unwind(AssertUnwindSafe(|| drop(unsafe { Box::from_raw(engine) })));
+    }
+}
+
+/// Creates a session on `engine`; writes it to `*out` (free it with [`segicl_session_free`]).
+///
+/// # Safety
+/// `engine` is NULL or a live engine; `out` is a writable pointer.
+#[no_mangle]
+pub unsafe extern "C" fn segicl_session_new(engine: *const SegiclEngine, out: *mut *mut SegiclSession) -> SegiclStatus {
+    boundary(|| {
+        let engine = unsafe { arg(engine, "engine") }?;
+        if out.is_null() {
+            return Err(invalid("out is NULL"));
+        }
+        let mut session = engine.engine.session()?;
+        if let Some(t) = engine.threshold {
+            session.set_threshold(t)?;
+        }
+        unsafe { out.write(Box::into_raw(Box::new(SegiclSession { session }))) };
+        Ok(())
+    })
+}
+
+/// Frees a session; NULL is a no-op.
+///
+/// # Safety
+/// `session` is NULL or came from [`segicl_session_new`] and was not freed yet.
+#[no_mangle]
+pub unsafe extern "C" fn segicl_session_free(session: *mut SegiclSession) {
+    if !session.is_null() {
+        let _ = catch_unwind(AssertUnwindSafe(|| drop(unsafe { Box::from_raw(session) })));
+    }
+}
+
+/// Sets shot `slot` (0..2) from an image and its GRAY8 mask of the same size (≥128 is
+/// foreground). Setting the same shot again costs only a hash.
+///
+/// # Safety
+/// `s` is NULL or a live session; `image` and `mask` are NULL or valid images.
+#[no_mangle]
+pub unsafe extern "C" fn segicl_set_shot(
+    s: *mut SegiclSession,
+    slot: u32,
+    image: *const SegiclImage,
+    mask: *const SegiclImage,
+) -> SegiclStatus {
+    boundary(|| {
+        let s = unsafe { arg_mut(s, "session") }?;
+        let image = unsafe { image_view(image, "image") }?;
+        let mask = unsafe { image_view(mask, "mask") }?;
+        s.session.set_shot(slot as usize, &image, &mask)?;
+        Ok(())
+    })
+}
+
+/// Empties shot `slot` (0..2); clearing an empty slot is not an error.
+///
+/// # Safety
+/// `s` is NULL or a live session.
+#[no_mangle]
+pub unsafe extern "C" fn segicl_clear_shot(s: *mut SegiclSession, slot: u32) -> SegiclStatus {
+    boundary(|| {
+        let s = unsafe { arg_mut(s, "session") }?;
+        s.session.clear_shot(slot as usize)?;
+        Ok(())
+    })
+}
+
+/// Replaces the context with the engine's default shots for `task`.
+///
+/// # Safety
+/// `s` is NULL or a live session; `task` is NULL or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn segicl_use_default_shots(s: *mut SegiclSession, task: *const c_char) -> SegiclStatus {
+    boundary(|| {
+        let s = unsafe { arg_mut(s, "session") }?;
+        let task = unsafe { text(task, "task") }?;
+        s.session.use_default_shots(task)?;
+        Ok(())
+    })
+}
+
+/// Segments `frame` with the session's shots into `out`, which must have the frame's size.
+///
+/// # Safety
+/// `s` is NULL or a live session; `frame` is NULL or a valid image; `out` is NULL or a mask whose
+/// `data` covers `stride_bytes × (height − 1) + width` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn segicl_segment(s: *mut SegiclSession, frame: *const SegiclImage, out: *mut SegiclMask) -> SegiclStatus {
+    boundary(|| {
+        let s = unsafe { arg_mut(s, "session") }?;
+        let frame = unsafe { image_view(frame, "frame") }?;
+        let out = unsafe { arg(out, "out") }?;
+        if out.data.is_null() {
+            return Err(invalid("out: data is NULL"));
+        }
+        let (w, h, stride) = (out.width as usize, out.height as usize, out.stride_bytes as usize);
+        if (w, h) != (frame.width(), frame.height()) {
+            return Err(invalid(format!(
+                "out mask is {w}×{h} but the frame is {}×{}",
+                frame.width(),
+                frame.height()
+            )));
+        }
+        if stride < w {
+            return Err(invalid(format!("out: stride {stride} is smaller than its width {w}")));
+        }
+        let len = stride * (h - 1) + w;
+        let bytes = unsafe { std::slice::from_raw_parts_mut(out.data, len) };
+        let mut mask = MaskMut::new(bytes, w, h, stride)?;
+        s.session.segment(&frame, &mut mask)?;
+        Ok(())
+    })
+}
+
+/// This thread's last failure message; "" after a success. Valid until this thread's next call.
+#[no_mangle]
+pub extern "C" fn segicl_last_error() -> *const c_char {
+    LAST_ERROR.with(|e| e.borrow().as_ptr())
+}
+
+/// A log callback: level (1 error … 5 trace), a NUL-terminated message, the user pointer.
+pub type SegiclLogCallback = Option<unsafe extern "C" fn(level: c_int, msg: *const c_char, user: *mut c_void)>;
+
+struct Sink {
+    callback: SegiclLogCallback,
+    user: usize,
+}
+
+static SINK: Mutex<Sink> = Mutex::new(Sink { callback: None, user: 0 });
+static INSTALL: Once = Once::new();
+
+struct CallbackLogger;
+
+impl log::Log for CallbackLogger {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= log::Level::Info
+    }
+
+    fn log(&self, record: &log::Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let line = format!("{}: {}", record.target(), record.args());
+        let sink = SINK.lock().unwrap_or_else(|p| p.into_inner());
+        match sink.callback {
+            Some(cb) => {
+                let msg = CString::new(line.replace('\0', " ")).unwrap_or_default();
+                // SAFETY: the caller registered `cb` with `user` for exactly this use.
+                unsafe { cb(record.level() as c_int, msg.as_ptr(), sink.user as *mut c_void) };
+            }
+            None => eprintln!("segicl {}: {line}", record.level()),
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+/// Sends the library's log lines (info and above) to `cb` with `user`; NULL sends them to
+/// stderr. The callback may be called from any thread that calls into the library.
+///
+/// # Safety
+/// `cb`, if not NULL, stays callable with `user` until it is replaced.
+#[no_mangle]
+pub unsafe extern "C" fn segicl_set_log_callback(cb: SegiclLogCallback, user: *mut c_void) {
+    let _ = catch_unwind(|| {
+        INSTALL.call_once(|| {
+            if log::set_logger(&CallbackLogger).is_ok() {
+                log::set_max_level(log::LevelFilter::Info);
+            }
+        });
+        let mut sink = SINK.lock().unwrap_or_else(|p| p.into_inner());
+        *sink = Sink { callback: cb, user: user as usize };
+    });
+}
