@@ -431,7 +431,11 @@ pub unsafe extern "C" fn segicl_use_default_shots(s: *mut SegiclSession, task: *
 /// `s` is NULL or a live session; `frame` is NULL or a valid image; `out` is NULL or a mask whose
 /// `data` covers `stride_bytes × (height − 1) + width` writable bytes.
 #[no_mangle]
-pub unsafe extern "C" fn segicl_segment(s: *mut SegiclSession, frame: *const SegiclImage, out: *mut SegiclMask) -> SegiclStatus {
+pub unsafe extern "C" fn segicl_segment(
+    s: *mut SegiclSession,
+    frame: *const SegiclImage,
+    out: *mut SegiclMask,
+) -> SegiclStatus {
     boundary(|| {
         let s = unsafe { arg_mut(s, "session") }?;
         let frame = unsafe { image_view(frame, "frame") }?;
@@ -441,11 +445,7 @@ pub unsafe extern "C" fn segicl_segment(s: *mut SegiclSession, frame: *const Seg
         }
         let (w, h, stride) = (out.width as usize, out.height as usize, out.stride_bytes as usize);
         if (w, h) != (frame.width(), frame.height()) {
-            return Err(invalid(format!(
-                "out mask is {w}×{h} but the frame is {}×{}",
-                frame.width(),
-                frame.height()
-            )));
+            return Err(invalid(format!("out mask is {w}×{h} but the frame is {}×{}", frame.width(), frame.height())));
         }
         if stride < w {
             return Err(invalid(format!("out: stride {stride} is smaller than its width {w}")));

@@ -1,0 +1,115 @@
+//! Builds `tests/c/abi_test.c` against the freshly built `libsegicl.so`, runs it (under valgrind
+//! when it is on PATH) and checks that the masks it wrote match the Rust API's, byte for byte.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use segicl::synthetic::Task;
+use segicl_tests::{prototype, prototype_path, sample, segment, set_shots};
+
+const SHOT_SEEDS: [u64; 3] = [1, 2, 3];
+const FRAME_SEEDS: [u64; 4] = [10, 11, 12, 13];
+
+/// `…/target/<profile>`: the test binary lives in `…/target/<profile>/deps/c_abi-HASH`.
+fn lib_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let deps = exe.parent().expect("test binary has a parent directory");
+    let dir = if deps.file_name().is_some_and(|n| n == "deps") { deps.parent().unwrap() } else { deps };
+    dir.to_path_buf()
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|p| p.join(program).is_file()))
+        .unwrap_or(false)
+}
+
+fn write_inputs(dir: &Path) -> (usize, usize) {
+    let mut size = None;
+    for (i, &seed) in SHOT_SEEDS.iter().enumerate() {
+        let (image, mask) = sample(Task::UsLesion, seed);
+        size = Some((image.width, image.height));
+        std::fs::write(dir.join(format!("shot{i}.gray")), &image.data).unwrap();
+        std::fs::write(dir.join(format!("shot{i}.mask")), &mask.data).unwrap();
+    }
+    for (i, &seed) in FRAME_SEEDS.iter().enumerate() {
+        let (image, _) = sample(Task::UsLesion, seed);
+        assert_eq!(Some((image.width, image.height)), size, "frames and shots share one size");
+        std::fs::write(dir.join(format!("frame{i}.gray")), &image.data).unwrap();
+    }
+    let (w, h) = size.unwrap();
+    std::fs::write(dir.join("meta.txt"), format!("{w} {h}\n")).unwrap();
+    (w, h)
+}
+
+#[test]
+fn c_program_matches_the_rust_api() {
+    let lib = lib_dir();
+    assert!(
+        lib.join("libsegicl.so").is_file(),
+        "{} is missing: run `cargo build -p segicl-ffi` (add --release for a release test run)",
+        lib.join("libsegicl.so").display()
+    );
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (w, h) = write_inputs(dir);
+
+    // The library's SONAME is libsegicl.so.1, which cargo does not lay out: the loader finds it
+    // through a link in DIR/lib, as an install would provide it.
+    let so_dir = dir.join("lib");
+    std::fs::create_dir(&so_dir).unwrap();
+    std::os::unix::fs::symlink(lib.join("libsegicl.so"), so_dir.join("libsegicl.so.1")).unwrap();
+
+    let exe = dir.join("abi_test");
+    let status = Command::new("cc")
+        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-I"])
+        .arg(manifest.join("include"))
+        .arg(manifest.join("tests/c/abi_test.c"))
+        .arg("-L")
+        .arg(&lib)
+        .args(["-lsegicl", "-lpthread"])
+        .arg(format!("-Wl,-rpath,{}", lib.display()))
+        .arg(format!("-Wl,-rpath,{}", so_dir.display()))
+        .arg("-o")
+        .arg(&exe)
+        .status()
+        .expect("cc runs (is a C compiler installed?)");
+    assert!(status.success(), "abi_test.c does not compile: {status}");
+
+    let valgrind = on_path("valgrind");
+    let mut cmd = if valgrind {
+        let mut c = Command::new("valgrind");
+        c.args(["--error-exitcode=99", "--leak-check=full", "--errors-for-leak-kinds=definite,indirect"]).arg(&exe);
+        c
+    } else {
+        Command::new(&exe)
+    };
+    println!("running abi_test {}", if valgrind { "under valgrind" } else { "without valgrind (not on PATH)" });
+    let start = Instant::now();
+    let out = cmd.arg(dir).arg(prototype_path()).output().expect("abi_test runs");
+    println!("abi_test took {:.1} s", start.elapsed().as_secs_f64());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    if valgrind {
+        let summary = ["ERROR SUMMARY", "definitely lost", "indirectly lost", "All heap blocks were freed"];
+        for line in stderr.lines().filter(|l| summary.iter().any(|k| l.contains(k))) {
+            println!("{line}");
+        }
+    }
+    assert!(out.status.success(), "abi_test failed ({}):\n{stdout}\n{stderr}", out.status);
+    assert!(stdout.contains(" 0 failed"), "{stdout}");
+
+    let engine = prototype();
+    let mut session = engine.session().unwrap();
+    set_shots(&mut session, Task::UsLesion, &SHOT_SEEDS);
+    for (i, &seed) in FRAME_SEEDS.iter().enumerate() {
+        let (frame, _) = sample(Task::UsLesion, seed);
+        let want = segment(&mut session, &frame);
+        let got = std::fs::read(dir.join(format!("c_mask{i}.raw"))).unwrap();
+        assert_eq!(got.len(), w * h, "c_mask{i}.raw size");
+        assert!(got == want.data, "c_mask{i}.raw differs from the Rust API's mask");
+    }
+}
