@@ -3,6 +3,8 @@
 #   PREFIX/lib/libsegicl.so.1 (+ libsegicl.so → libsegicl.so.1), PREFIX/lib/libsegicl.a,
 #   PREFIX/include/segicl.h, PREFIX/lib/pkgconfig/segicl.pc
 # Usage: bash runtime/ffi/install.sh PREFIX
+# Environment: SEGICL_PROFILE=dev for a debug build (default release); SEGICL_TARGET=TRIPLE to
+# install a cross-built library (e.g. aarch64-unknown-linux-gnu, see targets/jetson-orin/).
 set -euo pipefail
 
 if [ $# -ne 1 ]; then
@@ -15,9 +17,20 @@ ffi=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$ffi/../.." && pwd)
 
 cd "$root"
-cargo build --release -p segicl-ffi
+profile=${SEGICL_PROFILE:-release}
+case $profile in
+  release) dir=release ;;
+  dev) dir=debug ;;
+  *) echo "SEGICL_PROFILE must be release or dev, not '$profile'" >&2; exit 2 ;;
+esac
+cross=()
+if [ -n "${SEGICL_TARGET:-}" ]; then
+  cross=(--target "$SEGICL_TARGET")
+  dir="$SEGICL_TARGET/$dir"
+fi
+cargo build --profile "$profile" "${cross[@]}" -p segicl-ffi
 target=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-release="${target:-$root/target}/release"
+release="${target:-$root/target}/$dir"
 
 abi=$(sed -n 's/^#define SEGICL_ABI_VERSION \([0-9]*\).*/\1/p' "$ffi/include/segicl.h")
 version=$(cargo pkgid -p segicl-ffi | sed 's/.*[#@]//')

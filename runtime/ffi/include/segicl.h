@@ -179,8 +179,9 @@ SegiclStatus segicl_segment(SegiclSession *s, const SegiclImage *frame, SegiclMa
 // This thread's last failure message; "" after a success. Valid until this thread's next call.
 const char *segicl_last_error(void);
 
-// Sends the library's log lines (info and above) to `cb` with `user`; NULL sends them to
-// stderr. The callback may be called from any thread that calls into the library.
+// Sends the library's log lines (info and above; warnings and above from its dependencies) to
+// `cb` with `user`; NULL sends them to stderr. The callback may be called from any thread that
+// calls into the library, and may itself call into the library.
 //
 // # Safety
 // `cb`, if not NULL, stays callable with `user` until it is replaced.

@@ -118,6 +118,36 @@ pub struct SegiclOptions {
     pub roi: u32,
 }
 
+/// [`SegiclImage`] as this library reads it: the enum as the integer the caller stored, so that
+/// an out-of-range value is an error instead of undefined behaviour.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct RawImage {
+    data: *const u8,
+    width: u32,
+    height: u32,
+    stride_bytes: u32,
+    format: u32,
+}
+
+/// [`SegiclOptions`] as this library reads it (see [`RawImage`]).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct RawOptions {
+    struct_size: u32,
+    backend: u32,
+    threads: u32,
+    threshold: f32,
+    roi: u32,
+}
+
+const _: () = {
+    use std::mem::{align_of, size_of};
+    assert!(size_of::<RawImage>() == size_of::<SegiclImage>() && align_of::<RawImage>() == align_of::<SegiclImage>());
+    assert!(size_of::<RawOptions>() == size_of::<SegiclOptions>());
+    assert!(size_of::<SegiclPixelFormat>() == 4 && size_of::<SegiclBackend>() == 4);
+};
+
 /// An open engine (opaque). Shareable between threads.
 pub struct SegiclEngine {
     engine: Engine,
@@ -209,24 +239,14 @@ unsafe fn text<'a>(ptr: *const c_char, what: &str) -> Result<&'a str, Failure> {
     unsafe { CStr::from_ptr(ptr) }.to_str().map_err(|_| invalid(format!("{what} is not UTF-8")))
 }
 
-/// Reads an enum field as the integer the caller stored, so that an out-of-range value is an
-/// error rather than undefined behaviour.
-///
-/// # Safety
-/// `field` points to a readable 4-byte field.
-unsafe fn raw_enum<T>(field: *const T) -> u32 {
-    debug_assert_eq!(std::mem::size_of::<T>(), 4);
-    unsafe { field.cast::<u32>().read() }
-}
-
 /// A view over a caller's image, after checking every field.
 ///
 /// # Safety
 /// `image` is NULL or points to a `SegiclImage` whose `data` covers `stride_bytes × (height − 1)
 /// + width × bytes per pixel` readable bytes.
 unsafe fn image_view<'a>(image: *const SegiclImage, what: &str) -> Result<ImageView<'a>, Failure> {
-    let image = unsafe { arg(image, what) }?;
-    let format = match unsafe { raw_enum(&image.format) } {
+    let image = unsafe { arg(image.cast::<RawImage>(), what) }?;
+    let format = match image.format {
         0 => PixelFormat::Gray8,
         1 => PixelFormat::Gray16,
         2 => PixelFormat::Rgb8,
@@ -268,6 +288,16 @@ pub extern "C" fn segicl_version() -> *const c_char {
     concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
 }
 
+fn default_options() -> RawOptions {
+    RawOptions {
+        struct_size: std::mem::size_of::<SegiclOptions>() as u32,
+        backend: SegiclBackend::SEGICL_BACKEND_AUTO as u32,
+        threads: 1,
+        threshold: 0.0,
+        roi: 0,
+    }
+}
+
 /// Default options: auto backend, 1 thread, the engine's threshold, no ROI.
 #[no_mangle]
 pub extern "C" fn segicl_options_default() -> SegiclOptions {
@@ -297,8 +327,8 @@ pub unsafe extern "C" fn segicl_engine_open(
             return Err(invalid("out is NULL"));
         }
         let path = unsafe { text(path, "path") }?;
-        let opts = if opts.is_null() { segicl_options_default() } else { unsafe { read_options(opts) }? };
-        let backend = match unsafe { raw_enum(&opts.backend) } {
+        let opts = if opts.is_null() { default_options() } else { unsafe { read_options(opts) }? };
+        let backend = match opts.backend {
             0 => BackendChoice::Auto,
             1 => BackendChoice::Cpu,
             2 => BackendChoice::Cuda,
@@ -308,11 +338,15 @@ pub unsafe extern "C" fn segicl_engine_open(
         if opts.roi != 0 {
             return Err(Failure(SEGICL_ERR_UNSUPPORTED, "ROI refinement is not in this build; set roi to 0".into()));
         }
-        let threshold = match opts.threshold {
-            t if t == 0.0 => None,
-            t if t > 0.0 && t < 1.0 => Some(t),
-            t => return Err(invalid(format!("threshold {t} is not 0 (engine default) or strictly between 0 and 1"))),
+        let t = opts.threshold;
+        let threshold = if t == 0.0 {
+            None
+        } else if t > 0.0 && t < 1.0 {
+            Some(t)
+        } else {
+            return Err(invalid(format!("threshold {t} is not 0 (engine default) or strictly between 0 and 1")));
         };
+        install_logger();
         let options = EngineOptions { backend, threads: opts.threads.max(1) as usize };
         let engine = Engine::open(path, &options)?;
         unsafe { out.write(Box::into_raw(Box::new(SegiclEngine { engine, threshold }))) };
@@ -324,7 +358,8 @@ pub unsafe extern "C" fn segicl_engine_open(
 ///
 /// # Safety
 /// `opts` points to at least `struct_size` readable bytes laid out as `SegiclOptions`.
-unsafe fn read_options(opts: *const SegiclOptions) -> Result<SegiclOptions, Failure> {
+unsafe fn read_options(opts: *const SegiclOptions) -> Result<RawOptions, Failure> {
+    let opts = opts.cast::<RawOptions>();
     let size = unsafe { opts.cast::<u32>().read() } as usize;
     if size < std::mem::size_of::<SegiclOptions>() {
         return Err(invalid(format!(
@@ -478,8 +513,10 @@ static INSTALL: Once = Once::new();
 struct CallbackLogger;
 
 impl log::Log for CallbackLogger {
+    /// Info and above from segicl itself; warnings and errors from its dependencies.
     fn enabled(&self, metadata: &log::Metadata) -> bool {
-        metadata.level() <= log::Level::Info
+        let floor = if metadata.target().starts_with("segicl") { log::Level::Info } else { log::Level::Warn };
+        metadata.level() <= floor
     }
 
     fn log(&self, record: &log::Record) {
@@ -487,12 +524,16 @@ impl log::Log for CallbackLogger {
             return;
         }
         let line = format!("{}: {}", record.target(), record.args());
-        let sink = SINK.lock().unwrap_or_else(|p| p.into_inner());
-        match sink.callback {
+        // Copy the sink out so that a callback may call back into the library.
+        let (callback, user) = {
+            let sink = SINK.lock().unwrap_or_else(|p| p.into_inner());
+            (sink.callback, sink.user)
+        };
+        match callback {
             Some(cb) => {
                 let msg = CString::new(line.replace('\0', " ")).unwrap_or_default();
                 // SAFETY: the caller registered `cb` with `user` for exactly this use.
-                unsafe { cb(record.level() as c_int, msg.as_ptr(), sink.user as *mut c_void) };
+                unsafe { cb(record.level() as c_int, msg.as_ptr(), user as *mut c_void) };
             }
             None => eprintln!("segicl {}: {line}", record.level()),
         }
@@ -501,19 +542,26 @@ impl log::Log for CallbackLogger {
     fn flush(&self) {}
 }
 
-/// Sends the library's log lines (info and above) to `cb` with `user`; NULL sends them to
-/// stderr. The callback may be called from any thread that calls into the library.
+/// Routes the `log` crate to [`CallbackLogger`] once per process (unless the host already
+/// installed a logger).
+fn install_logger() {
+    INSTALL.call_once(|| {
+        if log::set_logger(&CallbackLogger).is_ok() {
+            log::set_max_level(log::LevelFilter::Info);
+        }
+    });
+}
+
+/// Sends the library's log lines (info and above; warnings and above from its dependencies) to
+/// `cb` with `user`; NULL sends them to stderr. The callback may be called from any thread that
+/// calls into the library, and may itself call into the library.
 ///
 /// # Safety
 /// `cb`, if not NULL, stays callable with `user` until it is replaced.
 #[no_mangle]
 pub unsafe extern "C" fn segicl_set_log_callback(cb: SegiclLogCallback, user: *mut c_void) {
     let _ = catch_unwind(|| {
-        INSTALL.call_once(|| {
-            if log::set_logger(&CallbackLogger).is_ok() {
-                log::set_max_level(log::LevelFilter::Info);
-            }
-        });
+        install_logger();
         let mut sink = SINK.lock().unwrap_or_else(|p| p.into_inner());
         *sink = Sink { callback: cb, user: user as usize };
     });
