@@ -163,6 +163,16 @@ thread_local! {
     static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
 }
 
+/// Empties the last error; allocates only when it held a message (the success path of the
+/// per-frame calls allocates nothing).
+fn clear_last_error() {
+    LAST_ERROR.with(|e| {
+        if !e.borrow().as_bytes().is_empty() {
+            *e.borrow_mut() = CString::default();
+        }
+    });
+}
+
 fn set_last_error(message: &str) {
     let text = CString::new(message.replace('\0', " ")).unwrap_or_default();
     LAST_ERROR.with(|e| *e.borrow_mut() = text);
@@ -193,7 +203,7 @@ fn invalid(message: impl Into<String>) -> Failure {
 fn boundary(body: impl FnOnce() -> Result<(), Failure>) -> SegiclStatus {
     match catch_unwind(AssertUnwindSafe(body)) {
         Ok(Ok(())) => {
-            set_last_error("");
+            clear_last_error();
             SEGICL_OK
         }
         Ok(Err(Failure(status, message))) => {
