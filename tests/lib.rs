@@ -37,3 +37,13 @@ pub fn segment(session: &mut Session, frame: &OwnedImage) -> OwnedImage {
     session.segment(&frame.view(), &mut view).expect("segment");
     out
 }
+
+/// Path of the committed reference engine (the learned model of models/ref/).
+pub fn reference_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/segicl-ref.plan")
+}
+
+/// The committed reference engine on the CPU backend, one thread.
+pub fn reference() -> Engine {
+    Engine::open(reference_path(), &EngineOptions::default()).expect("models/segicl-ref.plan opens")
+}

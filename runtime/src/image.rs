@@ -41,6 +41,26 @@ impl PixelFormat {
     }
 }
 
+/// A rectangle of pixels: columns `x..x + width` of rows `y..y + height`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct Rect {
+    /// First column.
+    pub x: usize,
+    /// First row.
+    pub y: usize,
+    /// Columns.
+    pub width: usize,
+    /// Rows.
+    pub height: usize,
+}
+
+impl Rect {
+    /// Whether pixel (`x`, `y`) lies inside.
+    pub fn contains(&self, x: usize, y: usize) -> bool {
+        (self.x..self.x + self.width).contains(&x) && (self.y..self.y + self.height).contains(&y)
+    }
+}
+
 /// A borrowed image: `height` rows of `width` pixels, each row starting `stride` bytes after
 /// the previous one.
 #[derive(Debug, Clone, Copy)]
@@ -98,6 +118,13 @@ impl<'a> ImageView<'a> {
         &self.data[start..start + self.width * self.format.bytes_per_pixel()]
     }
 
+    /// The pixels of `rect` as a view of the same bytes (same stride, nothing copied).
+    pub fn crop(&self, rect: Rect) -> Result<ImageView<'a>> {
+        check_crop("image", rect, self.width, self.height)?;
+        let start = rect.y * self.stride + rect.x * self.format.bytes_per_pixel();
+        Ok(ImageView { data: &self.data[start..], width: rect.width, height: rect.height, ..*self })
+    }
+
     /// Red, green and blue of pixel (x, y), each scaled to 0..=1 (gray repeats its value).
     #[inline]
     pub fn rgb(&self, x: usize, y: usize) -> [f32; 3] {
@@ -149,6 +176,33 @@ impl<'a> MaskMut<'a> {
         let start = y * self.stride;
         &mut self.data[start..start + self.width]
     }
+
+    /// Sets every pixel (not the row padding) to `value`.
+    pub fn fill(&mut self, value: u8) {
+        for y in 0..self.height {
+            self.row_mut(y).fill(value);
+        }
+    }
+
+    /// The pixels of `rect` as a writable view of the same bytes (same stride, nothing copied).
+    pub fn crop(&mut self, rect: Rect) -> Result<MaskMut<'_>> {
+        check_crop("mask", rect, self.width, self.height)?;
+        let start = rect.y * self.stride + rect.x;
+        Ok(MaskMut { data: &mut self.data[start..], width: rect.width, height: rect.height, stride: self.stride })
+    }
+}
+
+/// Checks that `rect` is non-empty and inside a `width`×`height` image.
+fn check_crop(what: &str, rect: Rect, width: usize, height: usize) -> Result<()> {
+    let inside =
+        |start: usize, len: usize, limit: usize| len > 0 && start.checked_add(len).is_some_and(|end| end <= limit);
+    if !inside(rect.x, rect.width, width) || !inside(rect.y, rect.height, height) {
+        return Err(Error::invalid(format!(
+            "crop of {}×{} at ({}, {}) does not lie inside the {width}×{height} {what}",
+            rect.width, rect.height, rect.x, rect.y
+        )));
+    }
+    Ok(())
 }
 
 fn check_geometry(what: &str, len: usize, width: usize, height: usize, stride: usize, bpp: usize) -> Result<()> {
@@ -192,6 +246,15 @@ impl OwnedImage {
         OwnedImage { width, height, format, data: vec![0; width * height * format.bytes_per_pixel()] }
     }
 
+    /// A packed copy of `view`'s pixels.
+    pub fn from_view(view: &ImageView) -> Self {
+        let mut data = Vec::with_capacity(view.width * view.height * view.format.bytes_per_pixel());
+        for y in 0..view.height {
+            data.extend_from_slice(view.row(y));
+        }
+        OwnedImage { width: view.width, height: view.height, format: view.format, data }
+    }
+
     /// Borrows the pixels as a view.
     pub fn view(&self) -> ImageView<'_> {
         ImageView {
@@ -201,5 +264,35 @@ impl OwnedImage {
             stride: self.width * self.format.bytes_per_pixel(),
             format: self.format,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crops_are_views_of_the_same_bytes() {
+        // 4×3 rgb8 with a stride of 14: pixel (x, y) holds x + 10·y in every channel.
+        let mut bytes = vec![0xEEu8; 14 * 3];
+        for y in 0..3 {
+            for x in 0..4 {
+                bytes[y * 14 + x * 3..][..3].fill((x + 10 * y) as u8);
+            }
+        }
+        let image = ImageView::new(&bytes, 4, 3, 14, PixelFormat::Rgb8).unwrap();
+        let crop = image.crop(Rect { x: 1, y: 1, width: 2, height: 2 }).unwrap();
+        assert_eq!((crop.width(), crop.height(), crop.stride()), (2, 2, 14));
+        assert_eq!(crop.row(1), &[21, 21, 21, 22, 22, 22]);
+        assert_eq!(OwnedImage::from_view(&crop).data, [11, 11, 11, 12, 12, 12, 21, 21, 21, 22, 22, 22]);
+        for bad in [Rect { x: 3, y: 0, width: 2, height: 1 }, Rect { x: 0, y: 0, width: 0, height: 1 }] {
+            assert!(image.crop(bad).unwrap_err().to_string().contains("4×3"));
+        }
+        assert!(image.crop(Rect { x: usize::MAX, y: 0, width: 2, height: 1 }).is_err());
+
+        let mut buf = [1u8; 5 * 3];
+        let mut mask = MaskMut::new(&mut buf, 4, 3, 5).unwrap();
+        mask.crop(Rect { x: 2, y: 1, width: 2, height: 2 }).unwrap().fill(9);
+        assert_eq!(buf, [1, 1, 1, 1, 1, 1, 1, 9, 9, 1, 1, 1, 9, 9, 1]);
     }
 }

@@ -3,10 +3,13 @@
 //! Open an [`Engine`] (one file: encoder and decoder graphs, manifest, default shots), create a
 //! [`Session`] per stream, set shots with [`Session::set_shot`], then call [`Session::segment`]
 //! per frame: one encoder pass and one decoder pass, the shots' context served from a cache.
+//! For small structures, [`Session::set_roi`] adds a second pass on a crop around the first
+//! pass's prediction ([`roi`]).
 
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod baseline;
 pub mod cache;
 pub mod dataset;
 pub mod engine;
@@ -18,6 +21,7 @@ pub mod metrics;
 pub mod pack;
 pub mod postprocess;
 pub mod preprocess;
+pub mod roi;
 pub mod session;
 pub mod shots;
 pub mod synthetic;
@@ -25,5 +29,6 @@ pub mod synthetic;
 pub use backend::BackendChoice;
 pub use engine::{Engine, EngineMetadata, EngineOptions};
 pub use error::{Error, Result};
-pub use image::{ImageView, MaskMut, OwnedImage, PixelFormat};
+pub use image::{ImageView, MaskMut, OwnedImage, PixelFormat, Rect};
+pub use roi::RoiOptions;
 pub use session::{FrameTimings, Session, ShotUpdate};

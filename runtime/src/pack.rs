@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::format::{write_atomically, EngineWriter, Tag};
 use crate::image::{ImageView, OwnedImage, PixelFormat};
 use crate::manifest::{Manifest, MAX_SHOTS};
-use crate::preprocess::{area_resize, binarise_coverage};
+use crate::preprocess::{area_resize, binarise_coverage, mask_coverage};
 use crate::shots::{DefaultShots, StoredShot};
 
 /// Everything an engine file holds.
@@ -72,12 +72,12 @@ pub fn stored_shot(image: &ImageView, mask: &ImageView, r: usize) -> Result<Stor
     let mut plane = vec![0.0f32; r * r];
     let mut out = OwnedImage::zeros(r, r, format);
     for c in 0..channels {
-        area_resize(image.width(), image.height(), r, &mut plane, |x, y| image.rgb(x, y)[c]);
+        area_resize((image.width(), image.height()), (r, r), &mut plane, |x, y| image.rgb(x, y)[c]);
         for (i, v) in plane.iter().enumerate() {
             out.data[i * channels + c] = (v * 255.0).round().clamp(0.0, 255.0) as u8;
         }
     }
-    area_resize(mask.width(), mask.height(), r, &mut plane, |x, y| if mask.row(y)[x] >= 128 { 1.0 } else { 0.0 });
+    mask_coverage(mask, (r, r), &mut plane);
     binarise_coverage(&mut plane);
     let mut m = OwnedImage::zeros(r, r, PixelFormat::Gray8);
     for (d, v) in m.data.iter_mut().zip(&plane) {
@@ -89,15 +89,15 @@ pub fn stored_shot(image: &ImageView, mask: &ImageView, r: usize) -> Result<Stor
     Ok(StoredShot { image: out, mask: m })
 }
 
-/// The first three image/mask pairs of `dir` (in stem order) as stored shots at `r`×`r`.
-pub fn shots_from_dir(dir: &Path, r: usize) -> Result<Vec<StoredShot>> {
+/// The first three image/mask pairs of `dir` (in stem order) as stored shots at `side`×`side`.
+pub fn shots_from_dir(dir: &Path, side: usize) -> Result<Vec<StoredShot>> {
     dataset::pairs(dir)?
         .iter()
         .take(MAX_SHOTS)
         .map(|pair| {
             let image = dataset::load_image(&pair.image)?;
             let mask = dataset::load_mask(&pair.mask)?;
-            stored_shot(&image.view(), &mask.view(), r)
+            stored_shot(&image.view(), &mask.view(), side)
                 .map_err(|e| Error::invalid(format!("{}: {e}", pair.image.display())))
         })
         .collect()

@@ -79,7 +79,8 @@ impl Preprocessor {
     /// pixel whose first byte is `bytes[i]`.
     fn resample(&self, frame: &ImageView, dst: &mut [f32], px: impl Fn(&[u8], usize) -> f32) {
         let (bytes, stride, bpp) = (frame.bytes(), frame.stride(), frame.format().bytes_per_pixel());
-        area_resize(frame.width(), frame.height(), self.resolution, dst, |x, y| px(bytes, y * stride + x * bpp));
+        let r = self.resolution;
+        area_resize((frame.width(), frame.height()), (r, r), dst, |x, y| px(bytes, y * stride + x * bpp));
     }
 
     /// Writes a shot's mask (`Gray8`, same size as its image, ≥ 128 is foreground) as 0/1 at R×R.
@@ -106,22 +107,17 @@ impl Preprocessor {
         if !any {
             return Err(Error::invalid("mask is empty: a shot needs at least one foreground pixel (value ≥ 128)"));
         }
-        area_resize(
-            mask.width(),
-            mask.height(),
-            self.resolution,
-            out,
-            |x, y| {
-                if mask.row(y)[x] >= 128 {
-                    1.0
-                } else {
-                    0.0
-                }
-            },
-        );
+        mask_coverage(mask, (self.resolution, self.resolution), out);
         binarise_coverage(out);
         Ok(())
     }
+}
+
+/// Writes, for each pixel of a grid of `size` (width, height) laid over the gray8 `mask`, the
+/// fraction of it that the mask's foreground (≥ 128) covers.
+pub fn mask_coverage(mask: &ImageView, size: (usize, usize), out: &mut [f32]) {
+    debug_assert_eq!(mask.format(), PixelFormat::Gray8);
+    area_resize((mask.width(), mask.height()), size, out, |x, y| if mask.row(y)[x] >= 128 { 1.0 } else { 0.0 });
 }
 
 /// Turns the foreground coverage of each grid pixel (0..=1) into 0/1: foreground when at least
@@ -132,15 +128,21 @@ pub fn binarise_coverage(coverage: &mut [f32]) {
     coverage.iter_mut().for_each(|v| *v = if *v >= cut { 1.0 } else { 0.0 });
 }
 
-/// Resizes a `width`×`height` source, read through `sample(x, y)`, to `r`×`r` by exact area
-/// averaging: each output pixel is the mean of the source over its footprint, partial pixels
-/// weighted by the fraction covered.
-pub fn area_resize(width: usize, height: usize, r: usize, out: &mut [f32], sample: impl Fn(usize, usize) -> f32) {
-    let sx = width as f32 / r as f32;
-    let sy = height as f32 / r as f32;
-    for oy in 0..r {
+/// Resizes a `width`×`height` source, read through `sample(x, y)`, to `out_width`×`out_height`
+/// (row-major in `out`) by exact area averaging: each output pixel is the mean of the source over
+/// its footprint, partial pixels weighted by the fraction covered.
+pub fn area_resize(
+    (width, height): (usize, usize),
+    (out_width, out_height): (usize, usize),
+    out: &mut [f32],
+    sample: impl Fn(usize, usize) -> f32,
+) {
+    debug_assert_eq!(out.len(), out_width * out_height);
+    let sx = width as f32 / out_width as f32;
+    let sy = height as f32 / out_height as f32;
+    for oy in 0..out_height {
         let ys = Span::new(oy, sy, height);
-        for ox in 0..r {
+        for ox in 0..out_width {
             let xs = Span::new(ox, sx, width);
             let mut acc = 0.0f32;
             for y in ys.first..ys.end {
@@ -153,7 +155,7 @@ pub fn area_resize(width: usize, height: usize, r: usize, out: &mut [f32], sampl
                 }
                 acc += ys.weight(y) * row;
             }
-            out[oy * r + ox] = acc / (xs.len * ys.len);
+            out[oy * out_width + ox] = acc / (xs.len * ys.len);
         }
     }
 }
@@ -206,7 +208,7 @@ mod tests {
     fn area_resize_halves_by_averaging_blocks() {
         let src = [0.0, 2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 14.0, 1.0, 1.0, 3.0, 3.0, 5.0, 5.0, 7.0, 7.0f32];
         let mut out = [0.0f32; 4];
-        area_resize(4, 4, 2, &mut out, |x, y| src[y * 4 + x]);
+        area_resize((4, 4), (2, 2), &mut out, |x, y| src[y * 4 + x]);
         assert_eq!(out, [(0.0 + 2.0 + 8.0 + 10.0) / 4.0, (4.0 + 6.0 + 12.0 + 14.0) / 4.0, 3.0, 5.0]);
     }
 
@@ -214,8 +216,8 @@ mod tests {
     fn area_resize_weights_partial_pixels() {
         // 3 source columns onto 2: the middle one is split in half.
         let src = [0.0, 3.0, 6.0f32];
-        let mut out = [0.0f32; 4];
-        area_resize(3, 1, 2, &mut out, |x, _| src[x]);
+        let mut out = [0.0f32; 2];
+        area_resize((3, 1), (2, 1), &mut out, |x, _| src[x]);
         assert!((out[0] - (0.0 + 0.5 * 3.0) / 1.5).abs() < 1e-6, "{out:?}");
         assert!((out[1] - (0.5 * 3.0 + 6.0) / 1.5).abs() < 1e-6, "{out:?}");
     }

@@ -1,5 +1,6 @@
 //! A session segments one stream: it holds up to three shots' context and turns frames into
-//! masks with one encoder and one decoder pass. All buffers are sized at creation.
+//! masks with one encoder and one decoder pass (two of each in ROI mode). All buffers are sized
+//! at creation.
 
 use std::time::{Duration, Instant};
 
@@ -7,10 +8,12 @@ use crate::backend::Runner;
 use crate::cache::{content_hash, ContextCache};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::image::{ImageView, MaskMut};
+use crate::image::{ImageView, MaskMut, OwnedImage, Rect};
 use crate::manifest::MAX_SHOTS;
 use crate::postprocess::{logits_to_mask, threshold_logit};
 use crate::preprocess::Preprocessor;
+use crate::roi::{logits_box, mask_box, RoiOptions};
+use crate::shots::StoredShot;
 
 /// What [`Session::set_shot`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,7 +26,8 @@ pub enum ShotUpdate {
     Copied,
 }
 
-/// Wall-clock time of the last [`Session::segment`], by stage.
+/// Wall-clock time of the last [`Session::segment`], by stage. In ROI mode each stage adds up
+/// both passes.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct FrameTimings {
     /// Colour rule, resize and normalisation.
@@ -32,8 +36,11 @@ pub struct FrameTimings {
     pub encoder: Duration,
     /// Decoder pass.
     pub decoder: Duration,
-    /// Upsampling and threshold.
+    /// Upsampling and threshold (and, in ROI mode, finding the crop).
     pub postprocess: Duration,
+    /// Of the above, the time the ROI pass took (crop through upsampling); zero when it did not
+    /// run.
+    pub roi_pass: Duration,
 }
 
 impl FrameTimings {
@@ -44,18 +51,34 @@ impl FrameTimings {
 }
 
 /// One stream's state: context cache, runner and buffers. Not shared between threads.
+///
+/// # ROI mode
+///
+/// A structure of a few percent of the frame covers a handful of pixels at the engine's
+/// resolution. With [`Session::set_roi`] on, [`Session::segment`] runs twice: pass 1 on the
+/// whole frame, then pass 2 on a crop around pass 1's prediction (see [`crate::roi`]) with a
+/// second context, made of the shots cropped around their own masks by the same rule. The mask
+/// is 0 outside the crop. The session keeps a copy of each shot's pixels, so ROI mode can be
+/// turned on, re-tuned or off at any time and its context is rebuilt from them.
 pub struct Session {
     engine: Engine,
     runner: Box<dyn Runner>,
     pre: Preprocessor,
     cache: ContextCache,
+    /// The ROI context: in ROI mode the same slots and hashes as `cache`, else empty.
+    roi_cache: ContextCache,
+    roi: Option<RoiOptions>,
+    /// The pixels of the shot in each slot of `cache`.
+    shots: [Option<StoredShot>; MAX_SHOTS],
     image: Vec<f32>,
     mask: Vec<f32>,
     zero_mask: Vec<f32>,
     tokens: Vec<f32>,
+    roi_tokens: Vec<f32>,
     logits: Vec<f32>,
     cut: f32,
     timings: FrameTimings,
+    crop: Option<Rect>,
 }
 
 impl Session {
@@ -68,8 +91,13 @@ impl Session {
             mask: vec![0.0; plane],
             zero_mask: vec![0.0; plane],
             tokens: vec![0.0; m.tokens_per_shot * m.token_width],
+            roi_tokens: vec![0.0; m.tokens_per_shot * m.token_width],
             logits: vec![0.0; plane],
             cache: ContextCache::new(m.tokens_per_shot, m.token_width),
+            roi_cache: ContextCache::new(m.tokens_per_shot, m.token_width),
+            roi: None,
+            shots: Default::default(),
+            crop: None,
             cut: threshold_logit(m.threshold),
             pre,
             runner,
@@ -84,7 +112,8 @@ impl Session {
     }
 
     /// Sets the shot in `slot` (0, 1 or 2) from an image and its gray8 mask of the same size
-    /// (≥ 128 is foreground). The same shot again costs only a hash.
+    /// (≥ 128 is foreground). The same shot again costs only a hash. In ROI mode the shot's crop
+    /// is encoded too.
     pub fn set_shot(&mut self, slot: usize, image: &ImageView, mask: &ImageView) -> Result<ShotUpdate> {
         check_slot(slot)?;
         let hash = content_hash(image, mask);
@@ -94,18 +123,96 @@ impl Session {
         self.pre.mask(mask, image, &mut self.mask)?;
         if let Some(from) = self.cache.slot_with(hash) {
             self.cache.copy(from, slot);
+            if self.roi.is_some() {
+                self.roi_cache.copy(from, slot);
+            }
+            self.shots[slot] = self.shots[from].clone();
             return Ok(ShotUpdate::Copied);
         }
         self.pre.image(image, &mut self.image);
         self.runner.encode(&self.image, &self.mask, &mut self.tokens)?;
+        if let Some(roi) = self.roi {
+            self.encode_crop(roi, image, mask)?;
+            self.roi_cache.store(slot, hash, &self.roi_tokens);
+        }
         self.cache.store(slot, hash, &self.tokens);
+        self.shots[slot] = Some(StoredShot { image: OwnedImage::from_view(image), mask: OwnedImage::from_view(mask) });
         Ok(ShotUpdate::Encoded)
+    }
+
+    /// Encodes the crop of a shot (whose mask was checked) into `roi_tokens`.
+    fn encode_crop(&mut self, roi: RoiOptions, image: &ImageView, mask: &ImageView) -> Result<()> {
+        let bbox = mask_box(mask).expect("a checked mask has foreground");
+        let crop = roi.crop(bbox, image.width(), image.height());
+        let (image, mask) = (image.crop(crop)?, mask.crop(crop)?);
+        self.pre.mask(&mask, &image, &mut self.mask)?;
+        self.pre.image(&image, &mut self.image);
+        self.runner.encode(&self.image, &self.mask, &mut self.roi_tokens)
     }
 
     /// Empties `slot`; returns whether it held a shot.
     pub fn clear_shot(&mut self, slot: usize) -> Result<bool> {
         check_slot(slot)?;
-        Ok(self.cache.clear(slot))
+        Ok(self.clear(slot))
+    }
+
+    /// Empties `slot` in both contexts; returns whether it held a shot.
+    fn clear(&mut self, slot: usize) -> bool {
+        self.roi_cache.clear(slot);
+        self.shots[slot] = None;
+        self.cache.clear(slot)
+    }
+
+    /// Turns ROI mode on with `roi`, changes its options, or turns it off (`None`); see
+    /// [`Session`]. Turning it on or changing the options encodes the crop of every shot set
+    /// (one encoder pass per distinct shot); the same options again cost nothing. A bad margin
+    /// is an error and changes nothing.
+    pub fn set_roi(&mut self, roi: Option<RoiOptions>) -> Result<()> {
+        if let Some(options) = &roi {
+            options.check()?;
+        }
+        if roi == self.roi {
+            return Ok(());
+        }
+        // Built aside, so that a failure leaves the context as it was.
+        let mut context = self.roi_cache.clone();
+        for slot in 0..MAX_SHOTS {
+            context.clear(slot);
+        }
+        if let Some(options) = roi {
+            let shots = std::mem::take(&mut self.shots);
+            let built = self.encode_crops(options, &shots, &mut context);
+            self.shots = shots;
+            built?;
+        }
+        self.roi_cache = context;
+        self.roi = roi;
+        Ok(())
+    }
+
+    /// Encodes the crops of `shots` into `context`, each distinct shot once.
+    fn encode_crops(
+        &mut self,
+        roi: RoiOptions,
+        shots: &[Option<StoredShot>],
+        context: &mut ContextCache,
+    ) -> Result<()> {
+        for (slot, shot) in shots.iter().enumerate() {
+            let Some(shot) = shot else { continue };
+            let hash = self.cache.hash(slot).expect("a stored shot is cached");
+            if let Some(from) = context.slot_with(hash) {
+                context.copy(from, slot);
+                continue;
+            }
+            self.encode_crop(roi, &shot.image.view(), &shot.mask.view())?;
+            context.store(slot, hash, &self.roi_tokens);
+        }
+        Ok(())
+    }
+
+    /// The ROI options, when ROI mode is on.
+    pub fn roi(&self) -> Option<RoiOptions> {
+        self.roi
     }
 
     /// Replaces the context with the engine's default shots for `task`; returns how many were set.
@@ -122,7 +229,7 @@ impl Session {
             self.set_shot(slot, &shot.image.view(), &shot.mask.view())?;
         }
         for slot in shots.len()..MAX_SHOTS {
-            self.cache.clear(slot);
+            self.clear(slot);
         }
         Ok(shots.len())
     }
@@ -132,9 +239,9 @@ impl Session {
         self.cache.len()
     }
 
-    /// Changes whenever the context changes.
+    /// Changes whenever the context changes (the ROI context included).
     pub fn generation(&self) -> u64 {
-        self.cache.generation()
+        self.cache.generation() + self.roi_cache.generation()
     }
 
     /// Sets the probability threshold of the mask (strictly between 0 and 1).
@@ -147,6 +254,8 @@ impl Session {
     }
 
     /// Segments `frame` with the cached context into `out`, which must have the frame's size.
+    /// In ROI mode, refines the prediction on a crop (see [`Session`]); when pass 1 finds no
+    /// foreground, its empty mask is the result.
     pub fn segment(&mut self, frame: &ImageView, out: &mut MaskMut) -> Result<()> {
         if self.cache.is_empty() {
             return Err(Error::NoShots);
@@ -160,22 +269,58 @@ impl Session {
                 frame.height()
             )));
         }
-        let t0 = Instant::now();
-        self.pre.image(frame, &mut self.image);
-        let t1 = Instant::now();
-        self.runner.encode(&self.image, &self.zero_mask, &mut self.tokens)?;
-        let t2 = Instant::now();
-        self.runner.decode(self.cache.ctx(), self.cache.valid(), &mut self.logits)?;
-        let t3 = Instant::now();
-        logits_to_mask(&self.logits, self.pre.resolution(), self.cut, out);
-        let t4 = Instant::now();
-        self.timings = FrameTimings { preprocess: t1 - t0, encoder: t2 - t1, decoder: t3 - t2, postprocess: t4 - t3 };
+        let (r, w, h) = (self.pre.resolution(), frame.width(), frame.height());
+        let mut t = FrameTimings::default();
+        self.crop = None;
+        self.infer(frame, false, &mut t)?;
+        let started = Instant::now();
+        let crop = self.roi.and_then(|roi| Some(roi.crop(logits_box(&self.logits, r, self.cut, w, h)?, w, h)));
+        t.postprocess += started.elapsed();
+        let Some(crop) = crop else {
+            let started = Instant::now();
+            logits_to_mask(&self.logits, r, self.cut, out);
+            t.postprocess += started.elapsed();
+            self.timings = t;
+            return Ok(());
+        };
+        let started = Instant::now();
+        self.infer(&frame.crop(crop)?, true, &mut t)?;
+        let upsampling = Instant::now();
+        out.fill(0);
+        logits_to_mask(&self.logits, r, self.cut, &mut out.crop(crop)?);
+        t.postprocess += upsampling.elapsed();
+        t.roi_pass = started.elapsed();
+        self.timings = t;
+        self.crop = Some(crop);
         Ok(())
     }
 
-    /// Logits (R×R) of the last segmented frame.
+    /// Runs the encoder on `view` and the decoder with the full or the ROI context into
+    /// `logits`, adding the stages' times to `t`.
+    fn infer(&mut self, view: &ImageView, roi: bool, t: &mut FrameTimings) -> Result<()> {
+        let t0 = Instant::now();
+        self.pre.image(view, &mut self.image);
+        let t1 = Instant::now();
+        self.runner.encode(&self.image, &self.zero_mask, &mut self.tokens)?;
+        let t2 = Instant::now();
+        let context = if roi { &self.roi_cache } else { &self.cache };
+        self.runner.decode(context.ctx(), context.valid(), &mut self.logits)?;
+        let t3 = Instant::now();
+        t.preprocess += t1 - t0;
+        t.encoder += t2 - t1;
+        t.decoder += t3 - t2;
+        Ok(())
+    }
+
+    /// Logits (R×R) of the last segmented frame: of its crop when the ROI pass ran.
     pub fn logits(&self) -> &[f32] {
         &self.logits
+    }
+
+    /// The crop the ROI pass of the last segmented frame ran on, in frame pixels; `None` when
+    /// ROI mode is off or pass 1 found no foreground. The mask is 0 outside it.
+    pub fn last_crop(&self) -> Option<Rect> {
+        self.crop
     }
 
     /// Stage timings of the last segmented frame.

@@ -1,5 +1,5 @@
-//! Default shots (the SHOTS section): a few image/mask pairs per named task, stored at the
-//! engine's resolution so a device can segment before anyone supplies shots.
+//! Default shots (the SHOTS section): a few image/mask pairs per named task, stored small (`pack`
+//! uses twice the engine's resolution) so a device can segment before anyone supplies shots.
 
 use byteorder::{ByteOrder, LittleEndian as LE};
 

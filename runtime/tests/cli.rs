@@ -74,13 +74,71 @@ fn segment_writes_frame_sized_masks_and_overlays() {
 }
 
 #[test]
+fn segment_with_roi_writes_nothing_outside_the_crop() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    write_samples(&data, Task::FundusCup, 1..5);
+    let shot =
+        |n: u64| format!("{}={}", p(&data.join(format!("images/{n}.png"))), p(&data.join(format!("masks/{n}.png"))));
+    let out = dir.path().join("out");
+    let (s1, s2, s3) = (shot(1), shot(2), shot(3));
+    let query = data.join("images/4.png");
+    let prototype = engine();
+    let args = [
+        "--engine",
+        p(&prototype),
+        "segment",
+        "--shot",
+        &s1,
+        "--shot",
+        &s2,
+        "--shot",
+        &s3,
+        "--query",
+        p(&query),
+        "--out",
+        p(&out),
+        "--json",
+    ];
+    let o = run(&[&args[..], &["--roi", "--roi-margin", "0.6"]].concat());
+    assert!(o.status.success(), "{}", text(&o));
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!((json["roi"]["margin"].as_f64().unwrap() - 0.6).abs() < 1e-6, "{json}");
+    let crop = &json["results"][0]["roi_crop"];
+    let at = |k: &str| crop[k].as_u64().unwrap_or_else(|| panic!("roi_crop lacks {k}: {json}")) as u32;
+    let (x, y, w, h) = (at("x"), at("y"), at("width"), at("height"));
+    assert!(w < 288 && h < 288, "{crop}");
+    let mask = image::open(out.join("4.mask.png")).unwrap().into_luma8();
+    for (px, py, v) in mask.enumerate_pixels() {
+        assert!(v.0[0] == 0 || (x..x + w).contains(&px) && (y..y + h).contains(&py), "({px}, {py}) outside {crop}");
+    }
+    let truth = image::open(data.join("masks/4.png")).unwrap().into_luma8();
+    let dice = segicl::metrics::overlap(mask.as_raw(), truth.as_raw()).dice;
+    assert!(dice > 0.8, "Dice {dice} with ROI");
+    // Without --roi: no crop.
+    let o = run(&args);
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(json["roi"].is_null() && json["results"][0]["roi_crop"].is_null(), "{json}");
+}
+
+#[test]
 fn segment_with_default_shots_needs_no_shot_files() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     write_samples(&data, Task::UsLesion, 7..8);
-    let o = run(&["segment", "--task", "us-lesion", "--query", p(&data.join("images/7.png")), "--out", p(dir.path())]);
+    let (query, prototype) = (data.join("images/7.png"), engine());
+    let query = p(&query);
+    let o =
+        run(&["--engine", p(&prototype), "segment", "--task", "us-lesion", "--query", query, "--out", p(dir.path())]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(dir.path().join("7.mask.png").exists());
+    // The bundled engine's named tasks work the same way.
+    let out = dir.path().join("bundled");
+    let o = run(&["segment", "--task", "optic-disc", "--query", query, "--out", p(&out), "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(json["shots"], 3, "{json}");
+    assert!(out.join("7.mask.png").exists());
 }
 
 /// One row per bad command line: its arguments and words its error must contain.
@@ -187,13 +245,46 @@ fn bad_inputs_fail_with_one_clear_line() {
             vec![
                 "segment".into(),
                 "--task".into(),
+                "us-lesion".into(),
+                "--roi-margin".into(),
+                "0.3".into(),
+                "--query".into(),
+                img(2),
+                "--out".into(),
+                out.clone(),
+            ],
+            vec!["--roi"],
+        ),
+        (
+            vec![
+                "segment".into(),
+                "--task".into(),
+                "us-lesion".into(),
+                "--roi".into(),
+                "--roi-margin".into(),
+                "-1".into(),
+                "--query".into(),
+                img(2),
+                "--out".into(),
+                out.clone(),
+            ],
+            vec!["ROI margin -1"],
+        ),
+        (
+            vec!["eval".into(), "--synthetic".into(), "us-lesion".into(), "--baseline-engine".into(), p(&onnx).into()],
+            vec!["prototype baseline", "encoder.onnx"],
+        ),
+        (
+            vec![
+                "segment".into(),
+                "--task".into(),
                 "liver".into(),
                 "--query".into(),
                 img(2),
                 "--out".into(),
                 out.clone(),
             ],
-            vec!["liver", "us-lesion"],
+            vec!["liver", "optic-disc"],
         ),
     ];
     for (args, words) in cases {
@@ -273,7 +364,10 @@ fn pack_then_inspect_round_trip() {
 fn eval_json_has_one_row_per_shot_count() {
     let dir = tempfile::tempdir().unwrap();
     write_samples(dir.path(), Task::UsLesion, 1..7);
-    let o = run(&["eval", "--data", p(dir.path()), "--shots", "1,3", "--draws", "2", "--seed", "4", "--json"]);
+    let prototype = engine();
+    let args =
+        ["--engine", p(&prototype), "eval", "--data", p(dir.path()), "--shots", "1,3", "--draws", "2", "--seed", "4"];
+    let o = run(&[&args[..], &["--json"]].concat());
     assert!(o.status.success(), "{}", text(&o));
     let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let rows = json["results"].as_array().unwrap();
@@ -281,8 +375,43 @@ fn eval_json_has_one_row_per_shot_count() {
     assert_eq!(rows[1]["shots"], 3);
     assert_eq!(rows[1]["queries"], 2 * 3);
     assert!(rows[1]["dice_mean"].as_f64().unwrap() > 0.7, "{json}");
-    let again = run(&["eval", "--data", p(dir.path()), "--shots", "1,3", "--draws", "2", "--seed", "4", "--json"]);
+    let again = run(&[&args[..], &["--json"]].concat());
     assert_eq!(again.stdout, o.stdout, "the same seed gives the same figures");
+}
+
+#[test]
+fn eval_scores_roi_and_baselines_on_the_same_draws() {
+    let dir = tempfile::tempdir().unwrap();
+    write_samples(dir.path(), Task::FundusCup, 1..8);
+    // The prototype engine under another name: the baseline runs in a session of its own.
+    let copy = dir.path().join("copy.plan");
+    std::fs::copy(engine(), &copy).unwrap();
+    let prototype = engine();
+    let base =
+        ["--engine", p(&prototype), "eval", "--data", p(dir.path()), "--shots", "1,3", "--draws", "2", "--seed", "3"];
+    let eval = |extra: &[&str]| {
+        let o = run(&[&base[..], extra].concat());
+        assert!(o.status.success(), "{}", text(&o));
+        o
+    };
+    let json = |o: &Output| serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap();
+    let plain = json(&eval(&["--json", "--no-baselines"]));
+    let full = json(&eval(&["--json", "--roi", "--baseline-engine", p(&copy)]));
+    assert!(plain["results"][0].get("baselines").is_none() && plain["results"][0].get("roi").is_none(), "{plain}");
+    assert_eq!(full["roi"]["margin"].as_f64(), Some(0.5));
+    assert_eq!(full["baseline_engine"].as_str(), Some(p(&copy)));
+    for (a, b) in plain["results"].as_array().unwrap().iter().zip(full["results"].as_array().unwrap()) {
+        let dice = |v: &serde_json::Value| v["dice_mean"].as_f64().unwrap();
+        assert_eq!(dice(a), dice(b), "the model's scores do not depend on the other methods");
+        assert_eq!(dice(&b["baselines"]["prototype"]), dice(b), "the same engine gives the same masks");
+        let copy_shots = dice(&b["baselines"]["copy-shots"]);
+        assert!((0.0..0.6).contains(&copy_shots), "copy-shots Dice {copy_shots}: the cup moves between frames");
+        assert!(dice(&b["roi"]) > 0.8, "{b}");
+    }
+    let table = text(&eval(&["--roi"]));
+    for column in ["roi dice", "copy-shots", "prototype", "the model itself"] {
+        assert!(table.contains(column), "`{table}` lacks `{column}`");
+    }
 }
 
 #[test]
@@ -291,7 +420,8 @@ fn demo_and_bench_run_on_the_bundled_engine() {
     let o = run(&["demo", "--out", p(dir.path())]);
     assert!(o.status.success(), "{}", text(&o));
     let t = text(&o);
-    assert!(t.contains("fundus-cup") && t.contains("task switch"), "{t}");
+    assert!(t.contains("segicl-ref") && t.contains("fundus-cup") && t.contains("task switch"), "{t}");
+    assert!(t.contains("optic-disc") && dir.path().join("optic-disc-0.png").exists(), "default shots: {t}");
     assert!(dir.path().join("us-lesion-0.png").exists());
     let o = run(&["bench", "--frames", "3", "--warmup", "1", "--json"]);
     assert!(o.status.success(), "{}", text(&o));

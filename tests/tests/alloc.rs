@@ -1,53 +1,51 @@
 //! Allocations on the hot path (one frame, context cached), counted by a global allocator.
 //!
-//! segicl's own stages (pre-processing, context cache, post-processing) allocate nothing.
+//! segicl's own stages (pre-processing, context cache, ROI crops, post-processing) allocate
+//! nothing.
 //! tract, the CPU backend, allocates each op's output tensor on every run: those allocations
 //! are counted here too, must not grow from frame to frame, and must all be freed by the end of
 //! the frame (nothing retained).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
 
 use segicl::cache::ContextCache;
 use segicl::postprocess::logits_to_mask;
 use segicl::preprocess::Preprocessor;
+use segicl::roi::{logits_box, mask_box};
 use segicl::synthetic::Task;
-use segicl::{ImageView, MaskMut, PixelFormat};
+use segicl::{ImageView, MaskMut, PixelFormat, RoiOptions};
 use segicl_tests::{prototype, sample, set_shots};
 
-/// Counts allocations (and live bytes) made by threads that armed it.
+/// Counts allocations (and live bytes) made by threads that armed it, per thread, so that tests
+/// running side by side do not count each other's.
 struct Counting;
 
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
 thread_local! {
     static ARMED: Cell<bool> = const { Cell::new(false) };
+    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+    static LIVE_BYTES: Cell<isize> = const { Cell::new(0) };
 }
 
-fn armed() -> bool {
-    ARMED.with(|a| a.get())
+/// Adds one allocation (if `new`) and `bytes` live bytes when this thread is armed.
+fn record(new: bool, bytes: isize) {
+    if ARMED.with(Cell::get) {
+        ALLOCATIONS.with(|n| n.set(n.get() + new as usize));
+        LIVE_BYTES.with(|b| b.set(b.get() + bytes));
+    }
 }
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if armed() {
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-            LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        }
+        record(true, layout.size() as isize);
         unsafe { System.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if armed() {
-            LIVE_BYTES.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        }
+        record(false, -(layout.size() as isize));
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if armed() {
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-            LIVE_BYTES.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
-        }
+        record(true, new_size as isize - layout.size() as isize);
         unsafe { System.realloc(ptr, layout, new_size) }
     }
 }
@@ -57,11 +55,11 @@ static GLOBAL: Counting = Counting;
 
 /// Runs `f` with counting armed on this thread; returns its result, allocations and net bytes.
 fn count<R>(f: impl FnOnce() -> R) -> (R, usize, isize) {
-    let (n0, b0) = (ALLOCATIONS.load(Ordering::Relaxed), LIVE_BYTES.load(Ordering::Relaxed));
+    let (n0, b0) = (ALLOCATIONS.with(Cell::get), LIVE_BYTES.with(Cell::get));
     ARMED.with(|a| a.set(true));
     let r = f();
     ARMED.with(|a| a.set(false));
-    (r, ALLOCATIONS.load(Ordering::Relaxed) - n0, LIVE_BYTES.load(Ordering::Relaxed) - b0)
+    (r, ALLOCATIONS.with(Cell::get) - n0, LIVE_BYTES.with(Cell::get) - b0)
 }
 
 #[test]
@@ -85,10 +83,16 @@ fn segicl_stages_allocate_nothing() {
             cache.store(1, 7, &tokens);
             cache.copy(1, 2);
             cache.clear(1);
+            let roi = RoiOptions::default();
+            let crop = roi.crop(mask_box(&mask.view()).unwrap(), w, h);
+            pre.image(&image.view().crop(crop).unwrap(), &mut input);
+            let crop = roi.crop(logits_box(&logits, r, 0.0, w, h).unwrap(), w, h);
             let mut view = MaskMut::packed(&mut out, w, h).unwrap();
             logits_to_mask(&logits, r, 0.0, &mut view);
+            view.fill(0);
+            logits_to_mask(&logits, r, 0.0, &mut view.crop(crop).unwrap());
         });
-        assert_eq!(n, 0, "{}: pre/post-processing and cache allocated", task.name());
+        assert_eq!(n, 0, "{}: pre/post-processing, cache and ROI crops allocated", task.name());
     }
     // Every pixel format and a padded stride.
     let bytes = vec![77u8; 300 * 4 * 200 + 200 * 5];
@@ -100,12 +104,13 @@ fn segicl_stages_allocate_nothing() {
     }
 }
 
-#[test]
-fn segment_allocates_a_constant_amount_and_retains_nothing() {
+/// Allocations of each frame of `task` after warm-up; checks none is retained.
+fn frame_allocations(roi: Option<RoiOptions>, task: Task) -> Vec<usize> {
     let engine = prototype();
     let mut s = engine.session().unwrap();
-    set_shots(&mut s, Task::UsLesion, &[1, 2, 3]);
-    let frames: Vec<_> = (10..14).map(|seed| sample(Task::UsLesion, seed).0).collect();
+    s.set_roi(roi).unwrap();
+    set_shots(&mut s, task, &[1, 2, 3]);
+    let frames: Vec<_> = (10..14).map(|seed| sample(task, seed).0).collect();
     let (w, h) = (frames[0].width, frames[0].height);
     let mut out = vec![0u8; w * h];
     for f in &frames {
@@ -118,8 +123,24 @@ fn segment_allocates_a_constant_amount_and_retains_nothing() {
         let (r, n, net) = count(|| s.segment(&view, &mut mask));
         r.unwrap();
         assert_eq!(net, 0, "a frame left {net} bytes allocated");
+        assert_eq!(s.last_crop().is_some(), roi.is_some(), "the ROI pass runs exactly when ROI is on");
         counts.push(n);
     }
+    counts
+}
+
+#[test]
+fn segment_allocates_a_constant_amount_and_retains_nothing() {
+    let counts = frame_allocations(None, Task::UsLesion);
     eprintln!("allocations per frame (all inside tract's executor): {counts:?}");
     assert!(counts.windows(2).all(|w| w[0] == w[1]), "allocations vary or grow: {counts:?}");
+}
+
+#[test]
+fn segment_in_roi_mode_allocates_only_tracts_two_passes() {
+    let plain = frame_allocations(None, Task::FundusCup);
+    let roi = frame_allocations(Some(RoiOptions::default()), Task::FundusCup);
+    eprintln!("allocations per frame: {plain:?} in one pass, {roi:?} with the ROI pass");
+    // Each pass allocates what tract's executor allocates for one frame, and nothing else.
+    assert!(roi.iter().zip(&plain).all(|(r, p)| *r == 2 * p), "ROI mode allocates more than two passes: {roi:?}");
 }

@@ -112,4 +112,12 @@ fn c_program_matches_the_rust_api() {
         assert_eq!(got.len(), w * h, "c_mask{i}.raw size");
         assert!(got == want.data, "c_mask{i}.raw differs from the Rust API's mask");
     }
+    session.set_roi(Some(segicl::RoiOptions::default())).unwrap();
+    for (i, &seed) in FRAME_SEEDS.iter().enumerate() {
+        let (frame, _) = sample(Task::UsLesion, seed);
+        let want = segment(&mut session, &frame);
+        assert!(session.last_crop().is_some(), "frame {i}: the ROI pass ran");
+        let got = std::fs::read(dir.join(format!("c_roi_mask{i}.raw"))).unwrap();
+        assert!(got == want.data, "c_roi_mask{i}.raw differs from the Rust API's ROI mask");
+    }
 }

@@ -197,6 +197,23 @@ int main(int argc, char **argv) {
     write_file(dir, name, ref_masks[i], n);
   }
 
+  /* --- ROI mode: two passes per frame; the Rust side compares the masks with its own --- */
+  {
+    SegiclOptions o = segicl_options_default();
+    o.roi = 1;
+    SegiclEngine *roi_engine = NULL;
+    EXPECT_OK(segicl_engine_open(engine_path, &o, &roi_engine), "open(roi 1)");
+    uint8_t *roi_masks[N_FRAMES];
+    for (int i = 0; i < N_FRAMES; i++) roi_masks[i] = calloc(n, 1);
+    CHECK(roi_engine && run_session(roi_engine, roi_masks) == 0, "ROI session failed");
+    for (int i = 0; i < N_FRAMES; i++) {
+      snprintf(name, sizeof name, "c_roi_mask%d.raw", i);
+      write_file(dir, name, roi_masks[i], n);
+      free(roi_masks[i]);
+    }
+    segicl_engine_free(roi_engine);
+  }
+
   /* --- threads: a session each on the shared engine, same answers --- */
   {
     struct worker workers[N_THREADS];
@@ -243,8 +260,8 @@ int main(int argc, char **argv) {
     *(uint32_t *)&o.backend = 99; /* what a caller with a newer header might pass */
     EXPECT_ERR(segicl_engine_open(engine_path, &o, &bad), SEGICL_ERR_INVALID_ARGUMENT, "open(backend 99)");
     o = segicl_options_default();
-    o.roi = 1;
-    EXPECT_ERR(segicl_engine_open(engine_path, &o, &bad), SEGICL_ERR_UNSUPPORTED, "open(roi 1)");
+    o.roi = 2;
+    EXPECT_ERR(segicl_engine_open(engine_path, &o, &bad), SEGICL_ERR_INVALID_ARGUMENT, "open(roi 2)");
     o = segicl_options_default();
     o.backend = SEGICL_BACKEND_TENSORRT;
     EXPECT_ERR(segicl_engine_open(engine_path, &o, &bad), SEGICL_ERR_UNSUPPORTED, "open(tensorrt)");

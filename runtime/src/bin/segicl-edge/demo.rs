@@ -1,4 +1,5 @@
-//! `demo`: the bundled engine on bundled synthetic samples: overlays and a Dice table.
+//! `demo`: the bundled engine on bundled samples — the real default shots stored in the engine
+//! (each one segmented from the other two) and synthetic frames: overlays and a Dice table.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -51,7 +52,39 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
         println!("{:<12} {:>5} {:>7} {mean:>9.3} {min:>9.3}", task.name(), 3, QUERIES);
     }
     task_switch(&mut session, &args)?;
+    default_shots(&mut session, &args)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Each default shot of each named task segmented with the task's other shots as context.
+fn default_shots(session: &mut segicl::Session, args: &Args) -> anyhow::Result<()> {
+    let engine = session.engine().clone();
+    let tasks = engine.default_shots();
+    if tasks.tasks.is_empty() {
+        return Ok(());
+    }
+    println!("default shots stored in the engine, each segmented from the task's other shots:");
+    println!("{:<16} {:>5} {:>7} {:>9} {:>9}", "task", "shots", "queries", "dice mean", "dice min");
+    for (task, shots) in &tasks.tasks {
+        let mut dice = Vec::new();
+        for (held, query) in shots.iter().enumerate() {
+            for slot in 0..segicl::manifest::MAX_SHOTS {
+                session.clear_shot(slot)?;
+            }
+            for (slot, shot) in shots.iter().enumerate().filter(|&(i, _)| i != held).map(|(_, s)| s).enumerate() {
+                session.set_shot(slot, &shot.image.view(), &shot.mask.view())?;
+            }
+            let query = Labelled { image: query.image.clone(), mask: query.mask.clone() };
+            let (o, pred) = score(session, &query)?;
+            dice.push(o.dice);
+            let path = args.out.join(format!("{task}-{held}.png"));
+            save_png(&path, &draw::overlay(&query.image, &pred.data, Some(&query.mask.data)))?;
+        }
+        let (mean, _) = mean_std(&dice);
+        let min = dice.iter().copied().fold(f64::INFINITY, f64::min);
+        println!("{task:<16} {:>5} {:>7} {mean:>9.3} {min:>9.3}", shots.len() - 1, shots.len());
+    }
+    Ok(())
 }
 
 /// One ultrasound frame segmented twice: with lesion shots, then with bright-structure shots.

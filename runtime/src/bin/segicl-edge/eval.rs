@@ -1,20 +1,23 @@
 //! `eval`: mean and spread of Dice and IoU over a folder of image/mask pairs (or synthetic
-//! samples), for each shot count, over random draws of shots; every other pair is a query.
+//! samples), for each shot count, over random draws of shots; every other pair is a query. On
+//! the same draws: the model in ROI mode (--roi) and two baselines, copy-shots (the mean of the
+//! shots' masks) and the prototype engine.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::seq::index::sample;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use segicl::baseline::copy_shots;
 use segicl::dataset::{load_image, load_mask, pairs};
 use segicl::metrics::{mean_std, overlap, Overlap};
 use segicl::synthetic::{self, Task};
-use segicl::{MaskMut, OwnedImage, PixelFormat, Session};
+use segicl::{Engine, ImageView, MaskMut, OwnedImage, PixelFormat, Session};
 
-use crate::Global;
+use crate::{bundled, Global, RoiArgs, PROTOTYPE_ENGINE};
 
 /// Arguments of `eval`.
 #[derive(clap::Args)]
@@ -41,6 +44,15 @@ pub struct Args {
     /// Seed of the draws (and of synthetic samples).
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// With --roi, the model is scored both without and with ROI mode, on the same draws.
+    #[command(flatten)]
+    roi: RoiArgs,
+    /// Engine of the prototype baseline (default: the bundled models/prototype.plan).
+    #[arg(long, value_name = "PATH")]
+    baseline_engine: Option<PathBuf>,
+    /// Skip the baselines (copy-shots and prototype).
+    #[arg(long, conflicts_with = "baseline_engine")]
+    no_baselines: bool,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -74,11 +86,123 @@ pub fn score(session: &mut Session, query: &Labelled) -> anyhow::Result<(Overlap
     Ok((overlap(&pred.data, &query.mask.data), pred))
 }
 
-/// Scores of one shot count.
-struct Row {
-    shots: usize,
+/// Scores the copy-shots baseline of the shots' `masks` on `query`.
+fn score_copy_shots(masks: &[ImageView], query: &Labelled) -> anyhow::Result<Overlap> {
+    let (w, h) = (query.image.width, query.image.height);
+    let mut pred = vec![0u8; w * h];
+    copy_shots(masks, &mut MaskMut::packed(&mut pred, w, h)?)?;
+    Ok(overlap(&pred, &query.mask.data))
+}
+
+/// Dice and IoU of one method over the queries of one shot count.
+#[derive(Default)]
+struct Scores {
     dice: Vec<f64>,
     iou: Vec<f64>,
+}
+
+impl Scores {
+    fn push(&mut self, o: Overlap) {
+        self.dice.push(o.dice);
+        self.iou.push(o.iou);
+    }
+
+    /// Mean and spread of Dice, mean IoU.
+    fn summary(&self) -> (f64, f64, f64) {
+        let (dice_mean, dice_std) = mean_std(&self.dice);
+        (dice_mean, dice_std, mean_std(&self.iou).0)
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let (dm, ds, im) = self.summary();
+        serde_json::json!({"dice_mean": dm, "dice_std": ds, "iou_mean": im})
+    }
+}
+
+/// Scores of one shot count, per method.
+struct Row {
+    shots: usize,
+    model: Scores,
+    /// The model in ROI mode (with --roi).
+    roi: Option<Scores>,
+    /// copy-shots and prototype (unless --no-baselines).
+    baselines: Option<[Scores; 2]>,
+}
+
+/// Names of the baselines, in the order of [`Row::baselines`].
+const BASELINES: [&str; 2] = ["copy-shots", "prototype"];
+
+/// The prototype baseline: its engine's path, and a session of it unless the model is that
+/// engine (then the model's scores are the baseline's).
+struct Prototype {
+    path: PathBuf,
+    session: Option<Session>,
+}
+
+impl Prototype {
+    fn open(global: &Global, path: Option<&PathBuf>, model: &Engine) -> anyhow::Result<Prototype> {
+        let path = path.cloned().unwrap_or_else(|| bundled(PROTOTYPE_ENGINE));
+        let same = |a: &std::path::Path, b: &std::path::Path| matches!((std::fs::canonicalize(a), std::fs::canonicalize(b)), (Ok(a), Ok(b)) if a == b);
+        let session = if same(&path, model.path()) {
+            None
+        } else {
+            let engine = Engine::open(&path, &global.options).context("the prototype baseline's engine")?;
+            Some(engine.session()?)
+        };
+        Ok(Prototype { path, session })
+    }
+}
+
+/// Every method scored on a draw: the model, in ROI mode too, and the baselines.
+struct Methods {
+    model: Session,
+    roi: Option<Session>,
+    prototype: Option<Prototype>,
+}
+
+impl Methods {
+    /// A row of empty scores for `shots` shots, with a column per method.
+    fn row(&self, shots: usize) -> Row {
+        Row {
+            shots,
+            model: Scores::default(),
+            roi: self.roi.as_ref().map(|_| Scores::default()),
+            baselines: self.prototype.as_ref().map(|_| Default::default()),
+        }
+    }
+
+    /// Replaces the context of every session with the shots `chosen` of `data`.
+    fn set_shots(&mut self, data: &[Labelled], chosen: &[usize]) -> anyhow::Result<()> {
+        let others = [self.roi.as_mut(), self.prototype.as_mut().and_then(|p| p.session.as_mut())];
+        for session in std::iter::once(&mut self.model).chain(others.into_iter().flatten()) {
+            for slot in 0..segicl::manifest::MAX_SHOTS {
+                session.clear_shot(slot)?;
+            }
+            for (slot, &i) in chosen.iter().enumerate() {
+                session
+                    .set_shot(slot, &data[i].image.view(), &data[i].mask.view())
+                    .with_context(|| format!("shot {i}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Scores every method on `query` into `row`; `shot_masks` are the masks of the shots set.
+    fn score(&mut self, query: &Labelled, shot_masks: &[ImageView], row: &mut Row) -> anyhow::Result<()> {
+        let (o, _) = score(&mut self.model, query)?;
+        row.model.push(o);
+        if let (Some(s), Some(scores)) = (self.roi.as_mut(), row.roi.as_mut()) {
+            scores.push(score(s, query)?.0);
+        }
+        if let (Some(p), Some([copy, proto])) = (self.prototype.as_mut(), row.baselines.as_mut()) {
+            copy.push(score_copy_shots(shot_masks, query)?);
+            proto.push(match p.session.as_mut() {
+                Some(s) => score(s, query)?.0,
+                None => o,
+            });
+        }
+        Ok(())
+    }
 }
 
 pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
@@ -98,7 +222,19 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     let engine = global.open()?;
-    let mut session = engine.session()?;
+    let roi = match args.roi.options() {
+        Some(options) => {
+            let mut s = engine.session()?;
+            s.set_roi(Some(options))?;
+            Some(s)
+        }
+        None => None,
+    };
+    let prototype = match args.no_baselines {
+        true => None,
+        false => Some(Prototype::open(global, args.baseline_engine.as_ref(), &engine)?),
+    };
+    let mut methods = Methods { model: engine.session()?, roi, prototype };
     let total: usize = args.shots.iter().map(|k| args.draws * (data.len() - k)).sum();
     let bar = ProgressBar::new(total as u64).with_style(
         ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} frames, {eta} left")?.progress_chars("=> "),
@@ -107,50 +243,73 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
     let mut rows = Vec::new();
     for &k in &args.shots {
         bar.set_message(format!("{k} shot(s)"));
-        let mut row = Row { shots: k, dice: Vec::new(), iou: Vec::new() };
+        let mut row = methods.row(k);
         for _ in 0..args.draws {
             let chosen = sample(&mut rng, data.len(), k).into_vec();
-            for slot in 0..segicl::manifest::MAX_SHOTS {
-                session.clear_shot(slot)?;
-            }
-            for (slot, &i) in chosen.iter().enumerate() {
-                session.set_shot(slot, &data[i].image.view(), &data[i].mask.view())?;
-            }
+            methods.set_shots(&data, &chosen)?;
+            let shot_masks: Vec<ImageView> = chosen.iter().map(|&i| data[i].mask.view()).collect();
             for (i, query) in data.iter().enumerate().filter(|(i, _)| !chosen.contains(i)) {
-                let (o, _) = score(&mut session, query).map_err(|e| anyhow::anyhow!("query {i}: {e}"))?;
-                row.dice.push(o.dice);
-                row.iou.push(o.iou);
+                methods.score(query, &shot_masks, &mut row).with_context(|| format!("query {i}"))?;
                 bar.inc(1);
             }
         }
         rows.push(row);
     }
     bar.finish_and_clear();
+    let baseline_engine = methods.prototype.as_ref().map(|p| &p.path);
     if args.json {
         let results: Vec<_> = rows
             .iter()
             .map(|r| {
-                let (dm, ds) = mean_std(&r.dice);
-                let (im, _) = mean_std(&r.iou);
-                serde_json::json!({"shots": r.shots, "dice_mean": dm, "dice_std": ds, "iou_mean": im, "queries": r.dice.len()})
+                let mut row = r.model.json();
+                row["shots"] = r.shots.into();
+                row["queries"] = r.model.dice.len().into();
+                if let Some(roi) = &r.roi {
+                    row["roi"] = roi.json();
+                }
+                if let Some(baselines) = &r.baselines {
+                    row["baselines"] =
+                        BASELINES.iter().zip(baselines).map(|(n, s)| (n.to_string(), s.json())).collect();
+                }
+                row
             })
             .collect();
-        let out = serde_json::json!({"engine": engine.path(), "data": source, "draws": args.draws, "seed": args.seed, "results": results});
+        let out = serde_json::json!({
+            "engine": engine.path(), "data": source, "draws": args.draws, "seed": args.seed,
+            "roi": methods.roi.as_ref().and_then(Session::roi), "baseline_engine": baseline_engine,
+            "results": results,
+        });
         println!("{}", serde_json::to_string_pretty(&out)?);
-    } else {
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{} on {source} ({} pairs, {} draws, seed {})", engine.manifest().name, data.len(), args.draws, args.seed);
+    if let Some(path) = baseline_engine {
+        let same =
+            if methods.prototype.as_ref().is_some_and(|p| p.session.is_none()) { ", the model itself" } else { "" };
         println!(
-            "{} on {source} ({} pairs, {} draws, seed {})",
-            engine.manifest().name,
-            data.len(),
-            args.draws,
-            args.seed
+            "baselines on the same draws (dice mean): copy-shots (mean of the shots' masks), prototype ({}{same})",
+            path.display()
         );
-        println!("shots  queries  dice mean  dice std  iou mean");
-        for r in &rows {
-            let (dm, ds) = mean_std(&r.dice);
-            let (im, _) = mean_std(&r.iou);
-            println!("{:>5}  {:>7}  {dm:>9.3}  {ds:>8.3}  {im:>8.3}", r.shots, r.dice.len());
+    }
+    let mut header = String::from("shots  queries  dice mean  dice std  iou mean");
+    if methods.roi.is_some() {
+        header.push_str("  roi dice   roi std");
+    }
+    if methods.prototype.is_some() {
+        header.push_str("  copy-shots  prototype");
+    }
+    println!("{header}");
+    for r in &rows {
+        let (dm, ds, im) = r.model.summary();
+        let mut line = format!("{:>5}  {:>7}  {dm:>9.3}  {ds:>8.3}  {im:>8.3}", r.shots, r.model.dice.len());
+        if let Some(roi) = &r.roi {
+            let (dm, ds, _) = roi.summary();
+            line.push_str(&format!("  {dm:>8.3}  {ds:>8.3}"));
         }
+        if let Some([copy, proto]) = &r.baselines {
+            line.push_str(&format!("  {:>10.3}  {:>9.3}", copy.summary().0, proto.summary().0));
+        }
+        println!("{line}");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -14,16 +14,23 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use segicl::{BackendChoice, Engine, EngineOptions};
+use segicl::{BackendChoice, Engine, EngineOptions, RoiOptions};
 
 /// The engine the repository ships, used when --engine is not given.
-pub const BUNDLED_ENGINE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/prototype.plan");
+pub const BUNDLED_ENGINE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/segicl-ref.plan");
+/// The training-free prototype engine: `eval`'s baseline when --baseline-engine is not given.
+pub const PROTOTYPE_ENGINE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/prototype.plan");
+
+/// A bundled engine's path, without the `..` when it can be resolved.
+pub fn bundled(path: &str) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| PathBuf::from(path))
+}
 
 /// In-context segmentation of medical frames from one to three example shots.
 #[derive(Parser)]
 #[command(name = "segicl-edge", version, about, propagate_version = true)]
 struct Cli {
-    /// Engine file (default: the bundled models/prototype.plan).
+    /// Engine file (default: the bundled models/segicl-ref.plan).
     #[arg(long, global = true)]
     engine: Option<PathBuf>,
     /// Backend: cpu, cuda or auto.
@@ -57,6 +64,26 @@ enum Command {
     Demo(demo::Args),
 }
 
+/// ROI mode, for `segment` and `eval`.
+#[derive(clap::Args)]
+pub struct RoiArgs {
+    /// Refine small structures in two passes: the whole frame, then a crop around the first
+    /// prediction, with the shots cropped around their own masks.
+    #[arg(long)]
+    roi: bool,
+    /// Margin around the predicted box, as a fraction of its larger side (with --roi; default 0.5).
+    #[arg(long, value_name = "M", requires = "roi", allow_negative_numbers = true)]
+    roi_margin: Option<f32>,
+}
+
+impl RoiArgs {
+    /// The session's ROI options, `None` without --roi.
+    pub fn options(&self) -> Option<RoiOptions> {
+        let default = RoiOptions::default();
+        self.roi.then(|| RoiOptions { margin: self.roi_margin.unwrap_or(default.margin), ..default })
+    }
+}
+
 /// Options every subcommand that opens an engine shares.
 pub struct Global {
     engine: PathBuf,
@@ -82,10 +109,7 @@ fn main() -> ExitCode {
     let level = if cli.verbose { "info" } else { "warn" };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
     let global = Global {
-        engine: cli.engine.unwrap_or_else(|| {
-            let bundled = PathBuf::from(BUNDLED_ENGINE);
-            std::fs::canonicalize(&bundled).unwrap_or(bundled)
-        }),
+        engine: cli.engine.unwrap_or_else(|| bundled(BUNDLED_ENGINE)),
         options: EngineOptions { backend: cli.backend, threads: cli.threads },
     };
     let result = match cli.command {

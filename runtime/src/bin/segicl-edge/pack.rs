@@ -28,6 +28,10 @@ pub struct Args {
     /// Default shots as TASK=DIR (DIR holds images/ and masks/; the first 3 pairs are taken).
     #[arg(long = "shots", value_name = "TASK=DIR")]
     shots: Vec<String>,
+    /// Side of the stored default shots in pixels (default 2R: the ROI pass crops them, so they
+    /// keep more detail than the encoder's R×R).
+    #[arg(long)]
+    shot_side: Option<usize>,
     /// Engine file to write.
     #[arg(short, long)]
     out: PathBuf,
@@ -39,13 +43,17 @@ fn read(path: &PathBuf) -> anyhow::Result<Vec<u8>> {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let manifest = Manifest::from_json(&read(&args.manifest)?).with_context(|| args.manifest.display().to_string())?;
+    let side = args.shot_side.unwrap_or(2 * manifest.resolution);
+    if !(16..=segicl::manifest::MAX_RESOLUTION).contains(&side) {
+        bail!("--shot-side {side} is outside 16..={}", segicl::manifest::MAX_RESOLUTION);
+    }
     let mut shots = DefaultShots::default();
     for spec in &args.shots {
         let Some((task, dir)) = spec.split_once('=') else { bail!("--shots `{spec}`: expected TASK=DIR") };
         if shots.get(task).is_some() {
             bail!("--shots names task `{task}` twice");
         }
-        shots.tasks.push((task.to_string(), shots_from_dir(dir.as_ref(), manifest.resolution)?));
+        shots.tasks.push((task.to_string(), shots_from_dir(dir.as_ref(), side)?));
     }
     let card = args.card.as_ref().map(read).transpose()?.map(|b| String::from_utf8_lossy(&b).into_owned());
     let parts = EngineParts { manifest, encoder: read(&args.encoder)?, decoder: read(&args.decoder)?, card, shots };

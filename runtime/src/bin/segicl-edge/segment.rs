@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use segicl::dataset::{load_image, load_mask, save_png};
 use segicl::{MaskMut, OwnedImage, PixelFormat};
 
-use crate::{draw, Global};
+use crate::{draw, Global, RoiArgs};
 
 /// Arguments of `segment`.
 #[derive(clap::Args)]
@@ -31,6 +31,8 @@ pub struct Args {
     /// Probability threshold (default: the engine's).
     #[arg(long)]
     threshold: Option<f32>,
+    #[command(flatten)]
+    roi: RoiArgs,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -63,6 +65,7 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
     if let Some(t) = args.threshold {
         session.set_threshold(t)?;
     }
+    session.set_roi(args.roi.options())?;
     if let Some(task) = &args.task {
         session.use_default_shots(task)?;
     }
@@ -91,9 +94,15 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
             None
         };
         let fraction = mask.data.iter().filter(|&&v| v != 0).count() as f64 / mask.data.len() as f64;
+        let crop = session.last_crop();
         if !args.json {
+            let crop_note = match crop {
+                Some(c) => format!(", ROI crop {}×{} at ({}, {})", c.width, c.height, c.x, c.y),
+                None if session.roi().is_some() => ", ROI: nothing found in pass 1".to_string(),
+                None => String::new(),
+            };
             println!(
-                "{} → {} ({}×{}, foreground {:.1}%, {ms:.1} ms)",
+                "{} → {} ({}×{}, foreground {:.1}%{crop_note}, {ms:.1} ms)",
                 query.display(),
                 mask_path.display(),
                 frame.width,
@@ -104,13 +113,13 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
         results.push(serde_json::json!({
             "query": query, "mask": mask_path, "overlay": overlay_path,
             "width": frame.width, "height": frame.height,
-            "foreground_fraction": fraction, "ms": ms,
+            "foreground_fraction": fraction, "ms": ms, "roi_crop": crop,
         }));
     }
     if args.json {
         let out = serde_json::json!({
             "engine": engine.path(), "backend": engine.backend_name(),
-            "shots": session.shot_count(), "results": results,
+            "shots": session.shot_count(), "roi": session.roi(), "results": results,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
     }

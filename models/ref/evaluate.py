@@ -1,0 +1,109 @@
+"""Evaluate an engine in context on task folders with `segicl-edge eval` and print Markdown tables.
+
+    python3 models/ref/evaluate.py --engine target/ref/lodo.plan --sets busi-breast-ultrasound-subset,... \
+        [--split all|val] [--roi] [--limit 40] [--draws 3] [--json-out FILE]
+
+Every task of each named set in target/ref-data is evaluated with 1, 2 and 3 shots on the same
+draws as the baselines `eval` prints (copy the shots' masks; the prototype engine). `--split val`
+restricts a task to its validation groups (for a model that trained on the set); a left-out set
+is evaluated whole. The numbers come from the Rust runtime (tract), not from PyTorch.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from data import validation_stems  # noqa: E402
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+
+
+def val_folder(taskdir, work):
+    """A folder of symlinks to the task's validation pairs."""
+    out = os.path.join(work, os.path.basename(taskdir))
+    for sub in ("images", "masks"):
+        os.makedirs(os.path.join(out, sub))
+    for stem in validation_stems(taskdir):
+        for sub in ("images", "masks"):
+            name = stem + ".png"
+            os.symlink(os.path.abspath(os.path.join(taskdir, sub, name)), os.path.join(out, sub, name))
+    return out
+
+
+def run_eval(binary, engine, folder, args):
+    cmd = [binary, "--engine", engine, "eval", "--data", folder, "--limit", str(args.limit), "--draws",
+           str(args.draws), "--seed", str(args.seed), "--json"]
+    if args.roi:
+        cmd += ["--roi", "--roi-margin", str(args.roi_margin)]
+    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads(done.stdout)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--engine", required=True)
+    ap.add_argument("--sets", required=True, help="comma-separated set names (or task names)")
+    ap.add_argument("--data", default=os.path.join(ROOT, "target", "ref-data"))
+    ap.add_argument("--split", choices=("all", "val"), default="all")
+    ap.add_argument("--roi", action="store_true")
+    ap.add_argument("--roi-margin", type=float, default=0.5)
+    ap.add_argument("--limit", type=int, default=40)
+    ap.add_argument("--draws", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json-out")
+    ap.add_argument("--segicl-edge", default=os.path.join(ROOT, "target", "release", "segicl-edge"))
+    args = ap.parse_args()
+
+    with open(os.path.join(args.data, "index.json")) as f:
+        index = json.load(f)
+    wanted = args.sets.split(",")
+    tasks = [e["task"] for e in index if e["set"] in wanted or e["task"] in wanted]
+    results = {}
+    with tempfile.TemporaryDirectory() as work:
+        for task in tasks:
+            folder = os.path.join(args.data, task)
+            if args.split == "val":
+                folder = val_folder(folder, work)
+                if len(os.listdir(os.path.join(folder, "images"))) < 4:
+                    print(f"skipped {task}: fewer than 4 validation pairs", file=sys.stderr)
+                    continue
+            results[task] = run_eval(args.segicl_edge, args.engine, folder, args)
+            print(f"evaluated {task}", file=sys.stderr, flush=True)
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump(results, f, indent=2)
+    print_tables(results, args.roi)
+
+
+def pairs(result):
+    """Pairs evaluated: every draw queries all pairs but its shots."""
+    row = result["results"][0]
+    return row["queries"] // result["draws"] + row["shots"]
+
+
+def print_tables(results, roi):
+    """One row per task: model Dice at 1/2/3 shots, baselines at 3 shots, margin over the better."""
+    head = "| task | pairs | 1 shot | 2 shots | 3 shots |" + (" 3 shots +roi |" if roi else "")
+    head += " copy-shots (3) | prototype (3) | margin |"
+    print(head)
+    print("|" + "---|" * (head.count("|") - 1))
+    means = []
+    for task, r in results.items():
+        rows = {row["shots"]: row for row in r["results"]}
+        three = rows[3]
+        cells = [f"{rows[k]['dice_mean']:.3f}" for k in (1, 2, 3)]
+        if roi:
+            cells.append(f"{three['roi']['dice_mean']:.3f}")
+        copy, proto = three["baselines"]["copy-shots"]["dice_mean"], three["baselines"]["prototype"]["dice_mean"]
+        margin = three["dice_mean"] - max(copy, proto)
+        means.append(three["dice_mean"])
+        print(f"| {task} | {pairs(r)} | " + " | ".join(cells) + f" | {copy:.3f} | {proto:.3f} | {margin:+.3f} |")
+    print(f"\nmean 3-shot Dice over {len(means)} task(s): {sum(means) / len(means):.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,216 @@
+"""Train segicl-ref episodically: every step is a batch of in-context episodes (k shots + 1 query,
+k drawn per batch from 1..3), mixing real tasks, self-supervised pseudo-tasks and synthetic tasks.
+
+    python3 models/ref/prepare_data.py                      # once: ../shared/data -> target/ref-data
+    python3 models/ref/train.py --out target/ref/full --steps 5000 --seed 0
+    python3 models/ref/train.py --out target/ref/full2 --steps 3000 --seed 1 --lr 1e-3 --init target/ref/full/model.pt
+    python3 models/ref/train.py --out target/ref/lodo --exclude busi-breast-ultrasound-subset,...
+
+`--exclude` leaves whole datasets out (their images are not used by any episode kind), for the
+leave-dataset-out evaluation. The run is reproducible from its seed on the same machine and
+thread count (`--threads`, default 1). Writes OUT/model.pt and OUT/log.jsonl.
+
+A quarter of the real and synthetic episodes are zoomed: every image is cropped around its own
+mask with a shared random margin, as the runtime's ROI pass sees shots and frames.
+
+Task augmentation (one random transform for the whole episode, UniverSeg-style): flips, 90-degree
+rotations, an affine warp, intensity inversion and gamma; then a smaller per-image jitter so the
+shots and the query never line up exactly.
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from data import load_tasks, pick_episode, real_episode, ssl_episode, synthetic_episode  # noqa: E402
+from model import R, S, SegICL, parameter_count  # noqa: E402
+
+KINDS = ("real", "ssl", "synthetic")
+ZOOM_SHARE = 0.25  # episodes cropped around their masks (the ROI pass's view)
+
+
+def affine(rng, rot, scale, shift):
+    a = math.radians(rng.uniform(-rot, rot))
+    s = math.exp(rng.uniform(-math.log(scale), math.log(scale)))
+    tx, ty = rng.uniform(-shift, shift, 2)
+    return np.array([[s * math.cos(a), -s * math.sin(a), tx], [s * math.sin(a), s * math.cos(a), ty], [0, 0, 1]])
+
+
+def roi_crop(rng, mask, margin):
+    """The affine (normalised coordinates) of a square crop around the mask's bounding box with a
+    relative margin, as the runtime's ROI pass crops shots and frames; the box is jittered."""
+    ys, xs = np.nonzero(mask)
+    lo, hi = np.array([xs.min(), ys.min()]), np.array([xs.max() + 1, ys.max() + 1])
+    centre = (lo + hi) / 2 / R * 2 - 1
+    half = max((hi - lo).max() / R * (1 + 2 * margin), 0.25)
+    centre = centre + rng.uniform(-0.1, 0.1, 2) * half
+    return np.array([[half, 0, centre[0]], [0, half, centre[1]], [0, 0, 1]])
+
+
+def augment_episode(rng, images, masks, kind):
+    """Same transform for the episode's images (task augmentation), then per-image jitter.
+    images, masks: [k+1, R, R] float32 -> tensors [k+1, 1, R, R]."""
+    x = torch.from_numpy(np.ascontiguousarray(images))[:, None]
+    m = torch.from_numpy(np.ascontiguousarray(masks))[:, None]
+    if rng.random() < 0.5:
+        x, m = x.flip(-1), m.flip(-1)
+    if rng.random() < 0.3:
+        x, m = x.flip(-2), m.flip(-2)
+    quarter = int(rng.integers(4)) if rng.random() < 0.3 else 0
+    x, m = torch.rot90(x, quarter, (-2, -1)), torch.rot90(m, quarter, (-2, -1))
+    episode = affine(rng, 15, 1.2, 0.1) if rng.random() < 0.5 else np.eye(3)
+    strength = 2.0 if kind == "ssl" else 1.0
+    jitter = [affine(rng, 8 * strength, 1 + 0.08 * strength, 0.06 * strength) for _ in range(len(x))]
+    if kind != "ssl" and rng.random() < ZOOM_SHARE:
+        margin = rng.uniform(0.15, 0.5)
+        jitter = [roi_crop(rng, mask[0].numpy(), margin) @ affine(rng, 5, 1.05, 0.03) for mask in m]
+    thetas = [(episode @ j)[:2] for j in jitter]
+    theta = torch.tensor(np.stack(thetas), dtype=torch.float32)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    m = (F.grid_sample(m, grid, mode="bilinear", padding_mode="zeros", align_corners=False) > 0.5).float()
+    if rng.random() < 0.15:
+        x = 1 - x
+    x = x.clamp(0, 1) ** float(math.exp(rng.uniform(-0.5, 0.5)))
+    x = x + torch.randn_like(x) * float(rng.uniform(0, 0.04))
+    lo = x.amin(dim=(1, 2, 3), keepdim=True)
+    hi = x.amax(dim=(1, 2, 3), keepdim=True)
+    return (x - lo) / (hi - lo).clamp(min=1e-6), m  # the runtime's per-image min-max
+
+
+def make_batch(rng, tasks, batch, k, mix):
+    shots = torch.zeros(batch, S, 1, R, R)
+    shot_masks = torch.zeros(batch, S, 1, R, R)
+    queries, targets = [], []
+    for b in range(batch):
+        kind = KINDS[rng.choice(3, p=mix)]
+        for _ in range(20):
+            if kind == "real":
+                images, masks = real_episode(rng, tasks[rng.integers(len(tasks))], k)
+            elif kind == "ssl":
+                images, masks = ssl_episode(rng, tasks, k)
+            else:
+                images, masks = synthetic_episode(rng, k)
+            x, m = augment_episode(rng, images, masks, kind)
+            if m[-1].sum() > 0 and (m[:-1].flatten(1).sum(1) > 0).all():
+                break
+        shots[b, :k], shot_masks[b, :k] = x[:k], m[:k]
+        queries.append(x[k])
+        targets.append(m[k])
+    valid = torch.zeros(batch, S)
+    valid[:, :k] = 1
+    return shots, shot_masks, valid, torch.stack(queries), torch.stack(targets)
+
+
+def loss_fn(logits, target):
+    bce = F.binary_cross_entropy_with_logits(logits, target)
+    p = torch.sigmoid(logits)
+    inter = (p * target).sum(dim=(1, 2, 3))
+    dice = 1 - (2 * inter + 1) / (p.sum(dim=(1, 2, 3)) + target.sum(dim=(1, 2, 3)) + 1)
+    return bce + dice.mean()
+
+
+def dice(logits, target):
+    p = (logits > 0).float()
+    inter = (p * target).sum(dim=(1, 2, 3))
+    return (2 * inter / (p.sum(dim=(1, 2, 3)) + target.sum(dim=(1, 2, 3))).clamp(min=1)).mean().item()
+
+
+@torch.no_grad()
+def validate(model, tasks, episodes=6, k=3, seed=99):
+    """Mean 3-shot Dice over fixed validation episodes of every task that has a validation split."""
+    model.eval()
+    rng = np.random.default_rng(seed)
+    scores = {}
+    for task in tasks:
+        if len(task.val) < k + 1:
+            continue
+        batch = []
+        for _ in range(episodes):
+            shots, query = pick_episode(rng, task, k, split="val")
+            batch.append(shots + [query])
+        idx = np.array(batch)
+        x = torch.from_numpy(task.images[idx].astype(np.float32) / 255.0)[:, :, None]
+        lo = x.amin(dim=(2, 3, 4), keepdim=True)
+        x = (x - lo) / (x.amax(dim=(2, 3, 4), keepdim=True) - lo).clamp(min=1e-6)
+        m = torch.from_numpy(task.masks[idx].astype(np.float32))[:, :, None]
+        valid = torch.ones(len(idx), S)
+        scores[task.name] = dice(model(x[:, :k], m[:, :k], valid, x[:, k]), m[:, k])
+    model.train()
+    return scores
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="target/ref-data")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--exclude", default="", help="comma-separated dataset (set) names to leave out")
+    ap.add_argument("--steps", type=int, default=4000)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--mix", default="0.6,0.25,0.15", help="real,ssl,synthetic episode shares")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--validate-every", type=int, default=500)
+    ap.add_argument("--init", help="start from this checkpoint's weights (a warm restart: new optimiser "
+                    "and schedule); the shipped recipe is 5000 steps, then 3000 more from them")
+    args = ap.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    exclude = {s for s in args.exclude.split(",") if s}
+    tasks = load_tasks(args.data, exclude)
+    missing = exclude - {t.set for t in load_tasks(args.data)}
+    if missing:
+        sys.exit(f"--exclude names unknown sets: {', '.join(sorted(missing))}")
+    mix = np.array([float(v) for v in args.mix.split(",")])
+    mix /= mix.sum()
+    os.makedirs(args.out, exist_ok=True)
+    model = SegICL()
+    if args.init:
+        model.load_state_dict(torch.load(args.init, map_location="cpu", weights_only=True)["model"])
+    print(f"{len(tasks)} tasks, {parameter_count(model)} parameters, excluding {sorted(exclude) or 'nothing'}")
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    warmup = min(200, args.steps // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps))))
+    log = open(os.path.join(args.out, "log.jsonl"), "w")
+    started = time.time()
+    running = []
+    for step in range(1, args.steps + 1):
+        k = int(rng.integers(1, S + 1))
+        shots, shot_masks, valid, query, target = make_batch(rng, tasks, args.batch, k, mix)
+        logits = model(shots, shot_masks, valid, query)
+        loss = loss_fn(logits, target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        running.append((loss.item(), dice(logits.detach(), target)))
+        if step % 50 == 0:
+            l, d = np.mean(running, axis=0)
+            running = []
+            print(f"step {step}/{args.steps} loss {l:.3f} dice {d:.3f} {time.time() - started:.0f}s", flush=True)
+            log.write(json.dumps({"step": step, "loss": l, "dice": d, "seconds": time.time() - started}) + "\n")
+        if step % args.validate_every == 0 or step == args.steps:
+            scores = validate(model, tasks)
+            mean = float(np.mean(list(scores.values()))) if scores else float("nan")
+            print(f"validation 3-shot dice {mean:.3f}", flush=True)
+            log.write(json.dumps({"step": step, "val_dice": mean, "val": scores}) + "\n")
+            log.flush()
+            torch.save({"model": model.state_dict(), "step": step, "args": vars(args),
+                        "seconds": time.time() - started}, os.path.join(args.out, "model.pt"))
+
+
+if __name__ == "__main__":
+    main()
