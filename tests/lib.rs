@@ -47,3 +47,16 @@ pub fn reference_path() -> PathBuf {
 pub fn reference() -> Engine {
     Engine::open(reference_path(), &EngineOptions::default()).expect("models/segicl-ref.plan opens")
 }
+
+/// Dice of each synthetic query `queries` of `task`, segmented with shots `shots` in a fresh
+/// session of `engine`.
+pub fn synthetic_dice(engine: &Engine, task: Task, shots: &[u64], queries: std::ops::Range<u64>) -> Vec<f64> {
+    let mut s = engine.session().expect("session");
+    set_shots(&mut s, task, shots);
+    queries
+        .map(|seed| {
+            let (q, truth) = sample(task, seed);
+            segicl::metrics::overlap(&segment(&mut s, &q).data, &truth.data).dice
+        })
+        .collect()
+}

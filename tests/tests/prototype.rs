@@ -3,7 +3,7 @@
 
 use segicl::metrics::{mean_std, overlap};
 use segicl::synthetic::{self, SceneKind, Task};
-use segicl_tests::{prototype, sample, segment, set_shots};
+use segicl_tests::{prototype, segment, set_shots, synthetic_dice};
 
 /// Shots and queries are disjoint seeds, and none is a default-shot seed of the engine.
 const SHOTS: [u64; 3] = [11, 12, 13];
@@ -14,14 +14,7 @@ fn three_shot_dice_on_every_synthetic_task() {
     let engine = prototype();
     let mut report = Vec::new();
     for task in Task::ALL {
-        let mut s = engine.session().unwrap();
-        set_shots(&mut s, task, &SHOTS);
-        let dice: Vec<f64> = QUERIES
-            .map(|seed| {
-                let (q, truth) = sample(task, seed);
-                overlap(&segment(&mut s, &q).data, &truth.data).dice
-            })
-            .collect();
+        let dice = synthetic_dice(&engine, task, &SHOTS, QUERIES);
         let (mean, _) = mean_std(&dice);
         report.push(format!("{} {mean:.3}", task.name()));
         assert!(mean >= 0.8, "{}: 3-shot mean Dice {mean:.3} < 0.8 ({dice:?})", task.name());

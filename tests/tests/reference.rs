@@ -5,7 +5,7 @@
 use segicl::metrics::{mean_std, overlap};
 use segicl::synthetic::Task;
 use segicl::{ImageView, PixelFormat};
-use segicl_tests::{reference, reference_path, sample, segment, set_shots};
+use segicl_tests::{reference, reference_path, segment, synthetic_dice};
 
 /// Written by models/ref/export.py --parity with the weights of the shipped engine.
 const PARITY: &[u8] = include_bytes!("../golden/segicl-ref-parity.bin");
@@ -67,14 +67,7 @@ fn segments_synthetic_samples() {
     let engine = reference();
     let mut report = Vec::new();
     for task in [Task::UsLesion, Task::FundusDisc] {
-        let mut s = engine.session().unwrap();
-        set_shots(&mut s, task, &[11, 12, 13]);
-        let dice: Vec<f64> = (200..208)
-            .map(|seed| {
-                let (q, truth) = sample(task, seed);
-                overlap(&segment(&mut s, &q).data, &truth.data).dice
-            })
-            .collect();
+        let dice = synthetic_dice(&engine, task, &[11, 12, 13], 200..208);
         let (mean, _) = mean_std(&dice);
         report.push(format!("{} {mean:.3}", task.name()));
         assert!(mean >= 0.85, "{}: 3-shot Dice {mean:.3} < 0.85 ({dice:?})", task.name());
