@@ -2,11 +2,15 @@
 
     python3 models/ref/evaluate.py --engine target/ref/lodo.plan --sets busi-breast-ultrasound-subset,... \
         [--split all|val] [--roi] [--limit 40] [--draws 3] [--json-out FILE]
+    python3 models/ref/evaluate.py --engine models/segicl-ref.plan --split val --sets all \
+        --compare models/segicl-ref-int8.plan,models/segicl-ref-fp16.plan --no-baselines
 
 Every task of each named set in target/ref-data is evaluated with 1, 2 and 3 shots on the same
 draws as the baselines `eval` prints (copy the shots' masks; the prototype engine). `--split val`
 restricts a task to its validation groups (for a model that trained on the set); a left-out set
-is evaluated whole. The numbers come from the Rust runtime (tract), not from PyTorch.
+is evaluated whole. `--compare` scores other engines (quantised versions) on the same draws and
+prints their 3-shot Dice next to the engine's. The numbers come from the Rust runtime (tract), not
+from PyTorch.
 """
 
 import argparse
@@ -17,7 +21,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from data import validation_stems  # noqa: E402
+from split_folder import link, split_stems  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
@@ -25,18 +29,15 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 def val_folder(taskdir, work):
     """A folder of symlinks to the task's validation pairs."""
     out = os.path.join(work, os.path.basename(taskdir))
-    for sub in ("images", "masks"):
-        os.makedirs(os.path.join(out, sub))
-    for stem in validation_stems(taskdir):
-        for sub in ("images", "masks"):
-            name = stem + ".png"
-            os.symlink(os.path.abspath(os.path.join(taskdir, sub, name)), os.path.join(out, sub, name))
+    link(taskdir, split_stems(taskdir, "val"), out)
     return out
 
 
-def run_eval(binary, engine, folder, args):
+def run_eval(binary, engine, folder, args, baselines=True):
     cmd = [binary, "--engine", engine, "eval", "--data", folder, "--limit", str(args.limit), "--draws",
            str(args.draws), "--seed", str(args.seed), "--json"]
+    if args.no_baselines or not baselines:
+        cmd.append("--no-baselines")
     if args.roi:
         cmd += ["--roi", "--roi-margin", str(args.roi_margin)]
     done = subprocess.run(cmd, check=True, capture_output=True, text=True)
@@ -55,14 +56,18 @@ def main():
     ap.add_argument("--draws", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json-out")
+    ap.add_argument("--compare", default="", help="comma-separated engines scored on the same draws")
+    ap.add_argument("--no-baselines", action="store_true", help="skip copy-shots and prototype")
     ap.add_argument("--segicl-edge", default=os.path.join(ROOT, "target", "release", "segicl-edge"))
     args = ap.parse_args()
 
     with open(os.path.join(args.data, "index.json")) as f:
         index = json.load(f)
     wanted = args.sets.split(",")
-    tasks = [e["task"] for e in index if e["set"] in wanted or e["task"] in wanted]
+    tasks = [e["task"] for e in index if args.sets == "all" or e["set"] in wanted or e["task"] in wanted]
+    others = [e for e in args.compare.split(",") if e]
     results = {}
+    compared = {engine: {} for engine in others}
     with tempfile.TemporaryDirectory() as work:
         for task in tasks:
             folder = os.path.join(args.data, task)
@@ -72,11 +77,16 @@ def main():
                     print(f"skipped {task}: fewer than 4 validation pairs", file=sys.stderr)
                     continue
             results[task] = run_eval(args.segicl_edge, args.engine, folder, args)
+            for engine in others:
+                compared[engine][task] = run_eval(args.segicl_edge, engine, folder, args, baselines=False)
             print(f"evaluated {task}", file=sys.stderr, flush=True)
     if args.json_out:
         with open(args.json_out, "w") as f:
-            json.dump(results, f, indent=2)
-    print_tables(results, args.roi)
+            json.dump({"engine": results, "compare": compared} if others else results, f, indent=2)
+    if others:
+        print_comparison(results, compared)
+    else:
+        print_tables(results, args.roi)
 
 
 def pairs(result):
@@ -103,6 +113,25 @@ def print_tables(results, roi):
         means.append(three["dice_mean"])
         print(f"| {task} | {pairs(r)} | " + " | ".join(cells) + f" | {copy:.3f} | {proto:.3f} | {margin:+.3f} |")
     print(f"\nmean 3-shot Dice over {len(means)} task(s): {sum(means) / len(means):.3f}")
+
+
+def print_comparison(results, compared):
+    """One row per task: the engine's 3-shot Dice and each compared engine's, with the difference."""
+    names = [os.path.basename(e) for e in compared]
+    head = "| task | pairs | engine (3) |" + "".join(f" {n} (3) | Δ |" for n in names)
+    print(head)
+    print("|" + "---|" * (head.count("|") - 1))
+    worst = {n: 0.0 for n in names}
+    for task, r in results.items():
+        base = {row["shots"]: row for row in r["results"]}[3]["dice_mean"]
+        cells = []
+        for n, other in zip(names, compared.values()):
+            dice = {row["shots"]: row for row in other[task]["results"]}[3]["dice_mean"]
+            worst[n] = max(worst[n], abs(dice - base))
+            cells.append(f"{dice:.4f} | {dice - base:+.4f}")
+        print(f"| {task} | {pairs(r)} | {base:.4f} | " + " | ".join(cells) + " |")
+    for n in names:
+        print(f"\n{n}: largest |Δ 3-shot Dice| over {len(results)} task(s): {worst[n]:.4f}")
 
 
 if __name__ == "__main__":

@@ -267,6 +267,7 @@ pub fn manifest() -> Manifest {
         token_width: FEATURES,
         threshold: 0.5,
         precision: Precision { encoder: DType::F32, decoder: DType::F32 },
+        calibration: None,
         tensors: vec![
             t(Encoder, Input, "image", &[1, 1, r, r]),
             t(Encoder, Input, "mask", &[1, 1, r, r]),
@@ -311,5 +312,6 @@ pub fn engine_parts() -> segicl::Result<EngineParts> {
         decoder: decoder(),
         card: Some(include_str!("../PROTOTYPE_CARD.md").to_string()),
         shots: default_shots()?,
+        calib: None,
     })
 }

@@ -14,8 +14,10 @@ use crate::error::{Error, Result};
 pub const MAGIC: [u8; 8] = *b"SEGICLEF";
 /// Format major version written and read by this runtime.
 pub const VERSION_MAJOR: u16 = 1;
-/// Format minor version written by this runtime.
-pub const VERSION_MINOR: u16 = 0;
+/// Newest format minor version this runtime writes: 1.1 adds the CALIB section and the manifest's
+/// `calibration` field. A file is written with the lowest minor version that describes it (1.0
+/// unless it has a CALIB section), so engines without one are byte-identical to 1.0 files.
+pub const VERSION_MINOR: u16 = 1;
 /// Alignment of every section payload, in bytes.
 pub const ALIGNMENT: usize = 4096;
 /// Length of the fixed header.
@@ -47,8 +49,12 @@ impl Tag {
     /// Default shots per named task.
     pub const SHOTS: Tag = Tag(*b"SHOTS\0\0\0");
 
+    /// Calibrated activation ranges of an int8 engine (JSON), for backends that build their own
+    /// int8 plans (TensorRT).
+    pub const CALIB: Tag = Tag(*b"CALIB\0\0\0");
+
     /// Tags this runtime understands.
-    pub const KNOWN: [Tag; 5] = [Tag::MANIFEST, Tag::ENCODER, Tag::DECODER, Tag::CARD, Tag::SHOTS];
+    pub const KNOWN: [Tag; 6] = [Tag::MANIFEST, Tag::ENCODER, Tag::DECODER, Tag::CARD, Tag::SHOTS, Tag::CALIB];
 
     /// The tag as text, NUL padding removed, other bytes escaped.
     pub fn name(&self) -> String {
@@ -136,7 +142,8 @@ impl EngineWriter {
         let h = &mut out[..HEADER_LEN];
         h[0..8].copy_from_slice(&MAGIC);
         LE::write_u16(&mut h[8..10], VERSION_MAJOR);
-        LE::write_u16(&mut h[10..12], VERSION_MINOR);
+        let minor = if self.sections.iter().any(|(tag, _, _)| *tag == Tag::CALIB) { VERSION_MINOR } else { 0 };
+        LE::write_u16(&mut h[10..12], minor);
         LE::write_u32(&mut h[12..16], 0);
         LE::write_u32(&mut h[16..20], self.sections.len() as u32);
         LE::write_u32(&mut h[20..24], ALIGNMENT as u32);
@@ -388,6 +395,25 @@ mod tests {
         assert_eq!(enc.offset % ALIGNMENT as u64, 0);
         assert_eq!(&bytes[enc.range()], &[1u8; 5000][..]);
         assert_eq!(layout.find(Tag::CARD), None);
+        assert_eq!((layout.major, layout.minor), (1, 0));
+    }
+
+    #[test]
+    fn a_calib_section_makes_a_1_1_file() {
+        let mut bytes = small();
+        let with_calib = EngineWriter::new()
+            .section(Tag::MANIFEST, b"{}".to_vec())
+            .section(Tag::ENCODER, vec![1; 5000])
+            .section(Tag::DECODER, vec![2; 10])
+            .section(Tag::CALIB, b"{}".to_vec())
+            .to_bytes();
+        let layout = Layout::verify(&with_calib, Path::new("t.plan")).unwrap();
+        assert_eq!((layout.minor, layout.find(Tag::CALIB).unwrap().flags), (VERSION_MINOR, 0));
+        // Any minor version is read; only the header CRC covers the field.
+        LE::write_u16(&mut bytes[10..12], 7);
+        let crc = crc32fast::hash(&bytes[..60]);
+        LE::write_u32(&mut bytes[60..64], crc);
+        assert_eq!(Layout::verify(&bytes, Path::new("t.plan")).unwrap().minor, 7);
     }
 
     #[test]

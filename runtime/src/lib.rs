@@ -14,6 +14,7 @@ pub mod cache;
 pub mod dataset;
 pub mod engine;
 pub mod error;
+pub mod evaluation;
 pub mod format;
 pub mod image;
 pub mod manifest;

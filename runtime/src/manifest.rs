@@ -95,13 +95,39 @@ pub struct TensorSpec {
     pub dtype: DType,
 }
 
-/// Precision of each graph's arithmetic.
+/// Precision of each graph's weights: `f32`; `f16` (weights stored as f16, each followed by a
+/// Cast to f32: the CPU backend folds the casts at open and computes in f32, a GPU backend may
+/// compute in f16); `i8` (QDQ: per-output-channel symmetric int8 weights and calibrated int8/uint8
+/// activations, as ONNX QuantizeLinear/DequantizeLinear pairs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Precision {
     /// Encoder precision.
     pub encoder: DType,
     /// Decoder precision.
     pub decoder: DType,
+}
+
+/// How an activation's int8 range was chosen from the calibration data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CalibrationMethod {
+    /// The largest magnitude seen.
+    Minmax,
+    /// A high percentile of the magnitudes seen (clips rare outliers).
+    Percentile,
+    /// The clipping threshold whose int8 histogram is closest (KL divergence) to the float one.
+    Entropy,
+}
+
+/// How an int8 engine's activation ranges were calibrated (recorded by `segicl-quantize`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Calibration {
+    /// How each range was chosen.
+    pub method: CalibrationMethod,
+    /// Image/mask pairs run through both graphs to collect the ranges.
+    pub pairs: usize,
+    /// Nodes left in float (weights and inputs not quantised), by ONNX node name.
+    pub float_nodes: Vec<String>,
 }
 
 /// The manifest of an engine.
@@ -129,6 +155,9 @@ pub struct Manifest {
     pub threshold: f32,
     /// Precision of each graph.
     pub precision: Precision,
+    /// How activation ranges were calibrated; present when a graph is int8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<Calibration>,
     /// Every input and output of both graphs.
     pub tensors: Vec<TensorSpec>,
     /// Names of the tasks whose default shots the SHOTS section holds.
@@ -188,6 +217,10 @@ impl Manifest {
         }
         if !(self.threshold > 0.0 && self.threshold < 1.0) {
             return bad(format!("threshold {} is not strictly between 0 and 1", self.threshold));
+        }
+        let int8 = self.precision.encoder == DType::I8 || self.precision.decoder == DType::I8;
+        if int8 != self.calibration.is_some() {
+            return bad("an int8 graph needs a calibration record, and only an int8 graph has one".into());
         }
         if let Normalisation::MeanStd { mean, std } = &self.normalisation {
             if mean.len() != c || std.len() != c || std.iter().any(|&v| v.is_nan() || v <= 0.0) {
@@ -265,6 +298,7 @@ mod tests {
             token_width: 4,
             threshold: 0.5,
             precision: Precision { encoder: DType::F32, decoder: DType::F32 },
+            calibration: None,
             tensors: vec![
                 spec(Encoder, Input, "image", &[1, 1, 32, 32]),
                 spec(Encoder, Input, "mask", &[1, 1, 32, 32]),
@@ -295,6 +329,7 @@ mod tests {
             ("colour rule", Box::new(|m| m.channels = 3)),
             ("max_shots", Box::new(|m| m.max_shots = 4)),
             ("threshold", Box::new(|m| m.threshold = 1.5)),
+            ("calibration record", Box::new(|m| m.precision.decoder = DType::I8)),
             ("too large", Box::new(|m| m.tensors[3].shape = vec![usize::MAX, 2, 1, 1])),
         ];
         for (needle, mutate) in cases {

@@ -23,6 +23,8 @@ pub struct EngineParts {
     pub card: Option<String>,
     /// Default shots per task.
     pub shots: DefaultShots,
+    /// Calibrated activation ranges of an int8 engine (CALIB section, JSON).
+    pub calib: Option<Vec<u8>>,
 }
 
 impl EngineParts {
@@ -40,6 +42,9 @@ impl EngineParts {
         }
         if !self.shots.tasks.is_empty() {
             w = w.section(Tag::SHOTS, self.shots.to_bytes());
+        }
+        if let Some(calib) = &self.calib {
+            w = w.section(Tag::CALIB, calib.clone());
         }
         Ok(w.to_bytes())
     }

@@ -5,7 +5,7 @@ use std::process::{Command, Output};
 
 use segicl::dataset::save_png;
 use segicl::format::{EngineFile, Tag};
-use segicl::synthetic::{self, Task};
+use segicl::synthetic::Task;
 use segicl::{OwnedImage, PixelFormat};
 
 fn engine() -> PathBuf {
@@ -22,14 +22,7 @@ fn text(o: &Output) -> String {
 
 /// Writes synthetic `task` samples `seeds` as `dir/images/N.png` and `dir/masks/N.png`.
 fn write_samples(dir: &Path, task: Task, seeds: std::ops::Range<u64>) {
-    std::fs::create_dir_all(dir.join("images")).unwrap();
-    std::fs::create_dir_all(dir.join("masks")).unwrap();
-    for seed in seeds {
-        let (image, mask) = synthetic::sample(task, seed);
-        let mask = OwnedImage { width: image.width, height: image.height, format: PixelFormat::Gray8, data: mask };
-        save_png(&dir.join(format!("images/{seed}.png")), &image).unwrap();
-        save_png(&dir.join(format!("masks/{seed}.png")), &mask).unwrap();
-    }
+    segicl::evaluation::write_synthetic(dir, task, seeds).unwrap();
 }
 
 fn p(path: &Path) -> &str {
@@ -141,6 +134,33 @@ fn segment_with_default_shots_needs_no_shot_files() {
     assert!(out.join("7.mask.png").exists());
 }
 
+#[test]
+fn shipped_quantised_engines_verify_inspect_and_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let o = run(&["synth", "--task", "fundus-disc", "--count", "1", "--first", "7", "--out", p(&data)]);
+    assert!(o.status.success() && text(&o).contains("wrote 1 fundus-disc pairs"), "{}", text(&o));
+    let query = data.join("images/7.png");
+    let models = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models");
+    for (file, precision, calibration) in [
+        ("segicl-ref-int8.plan", "encoder I8, decoder I8", Some("calibration minmax on 84 pairs; in float: ")),
+        ("segicl-ref-fp16.plan", "encoder F16, decoder F16", None),
+    ] {
+        let engine = models.join(file);
+        let o = run(&["--engine", p(&engine), "verify"]);
+        assert!(o.status.success() && text(&o).contains("verified"), "{}", text(&o));
+        let o = run(&["--engine", p(&engine), "inspect"]);
+        let shown = text(&o);
+        assert!(o.status.success() && shown.contains(precision), "{shown}");
+        assert_eq!(calibration.is_some_and(|c| shown.contains(c)), calibration.is_some(), "{shown}");
+        assert_eq!(shown.contains("CALIB"), calibration.is_some(), "{shown}");
+        let out = dir.path().join(file);
+        let o =
+            run(&["--engine", p(&engine), "segment", "--task", "optic-disc", "--query", p(&query), "--out", p(&out)]);
+        assert!(o.status.success() && out.join("7.mask.png").exists(), "{}", text(&o));
+    }
+}
+
 /// One row per bad command line: its arguments and words its error must contain.
 #[test]
 fn bad_inputs_fail_with_one_clear_line() {
@@ -158,6 +178,10 @@ fn bad_inputs_fail_with_one_clear_line() {
     let shot = format!("{}={}", img(1), mask(1));
     let out = p(dir.path()).to_string();
     let cases: Vec<(Vec<String>, Vec<&str>)> = vec![
+        (
+            vec!["synth".into(), "--task".into(), "us-lesions".into(), "--out".into(), out.clone()],
+            vec!["unknown synthetic task `us-lesions`"],
+        ),
         (
             vec![
                 "segment".into(),

@@ -45,6 +45,14 @@ impl CpuBackend {
     /// Loads, checks against the manifest and optimises both graphs; `threads` > 1 enables
     /// tract's multithreaded matrix products.
     pub fn prepare(file: &EngineFile, manifest: &Manifest, threads: usize) -> Result<Self> {
+        use crate::manifest::DType;
+        match (manifest.precision.encoder, manifest.precision.decoder) {
+            (DType::F16, _) | (_, DType::F16) => log::info!("cpu: f16 weights are upcast to f32 at open"),
+            (DType::I8, _) | (_, DType::I8) => {
+                log::info!("cpu: int8 weights are dequantised at open; activations run through QDQ in f32")
+            }
+            _ => {}
+        }
         let executor = (threads > 1).then(|| Executor::multithread(threads));
         let options = RunOptions { executor, ..Default::default() };
         let (encoder, enc_in, enc_out) = load(file, manifest, Graph::Encoder, &options)?;

@@ -8,8 +8,8 @@ use anyhow::bail;
 use segicl::synthetic::Task;
 use segicl::{MaskMut, OwnedImage, PixelFormat};
 
-use crate::eval::synthetic_samples;
 use crate::Global;
+use segicl::evaluation::synthetic_samples;
 
 /// Arguments of `bench`.
 #[derive(clap::Args)]

@@ -9,8 +9,8 @@ use segicl::dataset::save_png;
 use segicl::metrics::mean_std;
 use segicl::synthetic::{self, SceneKind, Task};
 
-use crate::eval::{score, synthetic_samples, Labelled};
 use crate::{draw, Global};
+use segicl::evaluation::{score, synthetic_samples, Labelled};
 
 /// Arguments of `demo`.
 #[derive(clap::Args)]

@@ -12,10 +12,10 @@ use rand::seq::index::sample;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use segicl::baseline::copy_shots;
-use segicl::dataset::{load_image, load_mask, pairs};
+use segicl::evaluation::{load_labelled, score, set_shots, synthetic_samples, Labelled};
 use segicl::metrics::{mean_std, overlap, Overlap};
-use segicl::synthetic::{self, Task};
-use segicl::{Engine, ImageView, MaskMut, OwnedImage, PixelFormat, Session};
+use segicl::synthetic::Task;
+use segicl::{Engine, ImageView, MaskMut, Session};
 
 use crate::{bundled, Global, RoiArgs, PROTOTYPE_ENGINE};
 
@@ -56,34 +56,6 @@ pub struct Args {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
-}
-
-/// An image with its reference mask (gray8, same size).
-pub struct Labelled {
-    /// The image.
-    pub image: OwnedImage,
-    /// Its mask.
-    pub mask: OwnedImage,
-}
-
-/// Synthetic samples of `task`, seeds `first..first + n`.
-pub fn synthetic_samples(task: Task, first: u64, n: usize) -> Vec<Labelled> {
-    (first..first + n as u64)
-        .map(|seed| {
-            let (image, mask) = synthetic::sample(task, seed);
-            let mask = OwnedImage { width: image.width, height: image.height, format: PixelFormat::Gray8, data: mask };
-            Labelled { image, mask }
-        })
-        .collect()
-}
-
-/// Segments `query` with the session's context and scores it against its mask; returns the
-/// predicted mask too.
-pub fn score(session: &mut Session, query: &Labelled) -> anyhow::Result<(Overlap, OwnedImage)> {
-    let (w, h) = (query.image.width, query.image.height);
-    let mut pred = OwnedImage::zeros(w, h, PixelFormat::Gray8);
-    session.segment(&query.image.view(), &mut MaskMut::packed(&mut pred.data, w, h)?)?;
-    Ok((overlap(&pred.data, &query.mask.data), pred))
 }
 
 /// Scores the copy-shots baseline of the shots' `masks` on `query`.
@@ -175,14 +147,7 @@ impl Methods {
     fn set_shots(&mut self, data: &[Labelled], chosen: &[usize]) -> anyhow::Result<()> {
         let others = [self.roi.as_mut(), self.prototype.as_mut().and_then(|p| p.session.as_mut())];
         for session in std::iter::once(&mut self.model).chain(others.into_iter().flatten()) {
-            for slot in 0..segicl::manifest::MAX_SHOTS {
-                session.clear_shot(slot)?;
-            }
-            for (slot, &i) in chosen.iter().enumerate() {
-                session
-                    .set_shot(slot, &data[i].image.view(), &data[i].mask.view())
-                    .with_context(|| format!("shot {i}"))?;
-            }
+            set_shots(session, data, chosen).with_context(|| format!("shots {chosen:?}"))?;
         }
         Ok(())
     }
@@ -207,7 +172,7 @@ impl Methods {
 
 pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
     let (source, data) = match (&args.data, &args.synthetic) {
-        (Some(dir), _) => (dir.display().to_string(), load_folder(dir, args.limit, args.seed)?),
+        (Some(dir), _) => (dir.display().to_string(), load_labelled(dir, args.limit, args.seed)?),
         (None, Some(name)) => {
             let Some(task) = Task::from_name(name) else {
                 bail!("unknown synthetic task `{name}` (us-lesion, us-bright, fundus-disc, fundus-cup)")
@@ -312,29 +277,4 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
         println!("{line}");
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn load_folder(dir: &std::path::Path, limit: Option<usize>, seed: u64) -> anyhow::Result<Vec<Labelled>> {
-    let mut all = pairs(dir)?;
-    if let Some(n) = limit.filter(|&n| n < all.len()) {
-        let keep = sample(&mut ChaCha8Rng::seed_from_u64(seed ^ 0x5eed), all.len(), n).into_vec();
-        all = keep.into_iter().map(|i| all[i].clone()).collect();
-    }
-    all.iter()
-        .map(|p| {
-            let image = load_image(&p.image)?;
-            let mask = load_mask(&p.mask)?;
-            if (image.width, image.height) != (mask.width, mask.height) {
-                bail!(
-                    "{}: mask is {}×{} but the image is {}×{}",
-                    p.mask.display(),
-                    mask.width,
-                    mask.height,
-                    image.width,
-                    image.height
-                );
-            }
-            Ok(Labelled { image, mask })
-        })
-        .collect()
 }

@@ -55,6 +55,11 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
         "precision  encoder {:?}, decoder {:?}; threshold {}",
         m.precision.encoder, m.precision.decoder, m.threshold
     );
+    if let Some(c) = &m.calibration {
+        let float = if c.float_nodes.is_empty() { "nothing".to_string() } else { c.float_nodes.join(", ") };
+        let method = format!("{:?}", c.method).to_lowercase();
+        println!("calibration {method} on {} pairs; in float: {float}", c.pairs);
+    }
     println!("tensors");
     for t in &m.tensors {
         println!(

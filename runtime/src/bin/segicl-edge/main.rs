@@ -8,6 +8,7 @@ mod eval;
 mod inspect;
 mod pack;
 mod segment;
+mod synth;
 mod verify;
 
 use std::path::PathBuf;
@@ -62,6 +63,8 @@ enum Command {
     Eval(eval::Args),
     /// Segment bundled synthetic samples, write overlays and print a Dice table.
     Demo(demo::Args),
+    /// Write synthetic image/mask pairs as a folder (for eval and segicl-quantize --calib).
+    Synth(synth::Args),
 }
 
 /// ROI mode, for `segment` and `eval`.
@@ -120,6 +123,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(&global, args),
         Command::Eval(args) => eval::run(&global, args),
         Command::Demo(args) => demo::run(&global, args),
+        Command::Synth(args) => synth::run(args),
     };
     match result {
         Ok(code) => code,

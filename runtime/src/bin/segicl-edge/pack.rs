@@ -56,7 +56,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         shots.tasks.push((task.to_string(), shots_from_dir(dir.as_ref(), side)?));
     }
     let card = args.card.as_ref().map(read).transpose()?.map(|b| String::from_utf8_lossy(&b).into_owned());
-    let parts = EngineParts { manifest, encoder: read(&args.encoder)?, decoder: read(&args.decoder)?, card, shots };
+    let parts = EngineParts {
+        manifest,
+        encoder: read(&args.encoder)?,
+        decoder: read(&args.decoder)?,
+        card,
+        shots,
+        calib: None,
+    };
     parts.write(&args.out)?;
     if let Err(e) = Engine::open(&args.out, &EngineOptions { backend: BackendChoice::Cpu, threads: 1 }) {
         let _ = std::fs::remove_file(&args.out);
