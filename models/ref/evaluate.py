@@ -38,6 +38,8 @@ def run_eval(binary, engine, folder, args, baselines=True):
            str(args.draws), "--seed", str(args.seed), "--json"]
     if args.no_baselines or not baselines:
         cmd.append("--no-baselines")
+    if args.threshold is not None:
+        cmd += ["--threshold", str(args.threshold)]
     if args.roi:
         cmd += ["--roi", "--roi-margin", str(args.roi_margin)]
     done = subprocess.run(cmd, check=True, capture_output=True, text=True)
@@ -58,6 +60,7 @@ def main():
     ap.add_argument("--json-out")
     ap.add_argument("--compare", default="", help="comma-separated engines scored on the same draws")
     ap.add_argument("--no-baselines", action="store_true", help="skip copy-shots and prototype")
+    ap.add_argument("--threshold", type=float, help="probability threshold (default: the engine's)")
     ap.add_argument("--segicl-edge", default=os.path.join(ROOT, "target", "release", "segicl-edge"))
     args = ap.parse_args()
 

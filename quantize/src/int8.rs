@@ -169,12 +169,15 @@ pub fn rewrite(
         let (q, scales) = quantise_weight(&values, &t.dims, *axis);
         let dims = t.dims.clone();
         let c = scales.len() as i64;
-        let (wq, ws, wz, out) = (format!("{w}__q"), format!("{w}__scale"), format!("{w}__zp"), format!("{w}__dq"));
+        // Short names (`q:w3:s`): a graph has hundreds of these, and the file should not pay for
+        // repeating long tensor names (about 20 KB on the reference engine).
+        let id = format!("q:w{}", weight_dq.len());
+        let (wq, ws, wz, out) = (format!("{id}:q"), format!("{id}:s"), format!("{id}:z"), format!("{id}:dq"));
         g.initializer.push(raw_tensor(&wq, &dims, INT8, q.iter().map(|&v| v as u8).collect()));
         g.initializer.push(f32_tensor(&ws, &[c], &scales));
         g.initializer.push(raw_tensor(&wz, &[c], INT8, vec![0; c as usize]));
         let attrs = vec![int_attr("axis", *axis as i64)];
-        front.push(node("DequantizeLinear", &format!("{w}__dequantize"), &[&wq, &ws, &wz], &out, attrs));
+        front.push(node("DequantizeLinear", &format!("{id}:DequantizeLinear"), &[&wq, &ws, &wz], &out, attrs));
         weight_dq.insert(w.clone(), out);
     }
     // The float originals go unless a node left in float still reads them.
@@ -201,18 +204,21 @@ pub fn rewrite(
                         let Some(a) = activations.get(input) else {
                             bail!("activation `{input}` of node `{}` has no calibrated range", c.name)
                         };
-                        let (s, z, q, dq) = (
-                            format!("{input}__scale"),
-                            format!("{input}__zp"),
-                            format!("{input}__q"),
-                            format!("{input}__dq"),
-                        );
+                        let id = format!("q:a{}", act_dq.len());
+                        let (s, z, q, dq) =
+                            (format!("{id}:s"), format!("{id}:z"), format!("{id}:q"), format!("{id}:dq"));
                         g.initializer.push(f32_tensor(&s, &[], &[a.scale]));
                         g.initializer.push(raw_tensor(&z, &[], if a.unsigned { UINT8 } else { INT8 }, vec![0]));
-                        nodes.push(node("QuantizeLinear", &format!("{input}__quantize"), &[input, &s, &z], &q, vec![]));
+                        nodes.push(node(
+                            "QuantizeLinear",
+                            &format!("{id}:QuantizeLinear"),
+                            &[input, &s, &z],
+                            &q,
+                            vec![],
+                        ));
                         nodes.push(node(
                             "DequantizeLinear",
-                            &format!("{input}__dequantize"),
+                            &format!("{id}:DequantizeLinear"),
                             &[&q, &s, &z],
                             &dq,
                             vec![],

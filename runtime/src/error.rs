@@ -9,12 +9,13 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A file could not be read or written.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {reason}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
-        /// What the operating system said.
-        source: std::io::Error,
+        /// What the operating system said (in the message, not as a `source`, so that error
+        /// chains print it once).
+        reason: std::io::Error,
     },
     /// The file is damaged: a checksum, a bound or a structure does not hold.
     #[error("{}: corrupt engine file: {what}", path.display())]
@@ -75,8 +76,8 @@ impl Error {
     }
 
     /// An [`Error::Io`] for `path`.
-    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+    pub fn io(path: impl Into<PathBuf>, reason: std::io::Error) -> Self {
+        Error::Io { path: path.into(), reason }
     }
 
     /// An [`Error::Contract`] about `graph`.

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::backend::Runner;
+use crate::backend::{DeviceTimings, Runner};
 use crate::cache::{content_hash, ContextCache};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
@@ -326,6 +326,12 @@ impl Session {
     /// Stage timings of the last segmented frame.
     pub fn timings(&self) -> FrameTimings {
         self.timings
+    }
+
+    /// Device-side times of the last encoder and decoder pass (for a segmented frame: its pass,
+    /// the second one in ROI mode), from backends that measure them (CUDA); `None` otherwise.
+    pub fn device_timings(&self) -> Option<DeviceTimings> {
+        self.runner.device_timings()
     }
 }
 

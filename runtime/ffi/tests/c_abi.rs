@@ -43,14 +43,31 @@ fn write_inputs(dir: &Path) -> (usize, usize) {
     (w, h)
 }
 
+/// Builds `libsegicl.so` into `lib` with the cargo running this test and the test's profile:
+/// `cargo test` builds the crate only as a test harness, never its cdylib, and a library left
+/// from an earlier build may be stale.
+fn build_library(lib: &Path) {
+    let profile = lib.file_name().and_then(|n| n.to_str()).expect("target/<profile>");
+    let mut cargo = Command::new(env!("CARGO"));
+    cargo.args(["build", "--quiet", "-p", "segicl-ffi"]);
+    match profile {
+        "debug" => {}
+        "release" => {
+            cargo.arg("--release");
+        }
+        other => {
+            cargo.args(["--profile", other]);
+        }
+    }
+    let status = cargo.status().expect("cargo runs");
+    assert!(status.success(), "`cargo build -p segicl-ffi` failed: {status}");
+    assert!(lib.join("libsegicl.so").is_file(), "{} is missing after the build", lib.join("libsegicl.so").display());
+}
+
 #[test]
 fn c_program_matches_the_rust_api() {
     let lib = lib_dir();
-    assert!(
-        lib.join("libsegicl.so").is_file(),
-        "{} is missing: run `cargo build -p segicl-ffi` (add --release for a release test run)",
-        lib.join("libsegicl.so").display()
-    );
+    build_library(&lib);
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();

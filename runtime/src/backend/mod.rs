@@ -2,6 +2,12 @@
 //! hands out one [`Runner`] per session; runners write into caller-owned buffers.
 
 pub mod cpu;
+#[cfg(any(feature = "cuda-12", feature = "cuda-13"))]
+pub mod cuda;
+#[cfg(any(feature = "cuda-12", feature = "cuda-13", test))]
+pub mod plan;
+
+use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::format::EngineFile;
@@ -47,24 +53,67 @@ pub trait Runner: Send {
     /// Runs the decoder on the features of the last `encode`, the context (S·T×D) and its
     /// validity (S·T), writing R×R logits.
     fn decode(&mut self, ctx: &[f32], ctx_valid: &[f32], logits: &mut [f32]) -> Result<()>;
+    /// Device-side times of the last [`Runner::encode`] and [`Runner::decode`], for backends that
+    /// measure them (the CUDA backend, with events); `None` before both have run.
+    fn device_timings(&self) -> Option<DeviceTimings> {
+        None
+    }
 }
 
-/// Prepares the backend `choice` names for the engine in `file`; `auto` takes the CPU and logs why.
+/// Device-side times of a runner's last encoder and decoder pass, measured on the device.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct DeviceTimings {
+    /// Copies of both passes' inputs to the device.
+    pub upload: Duration,
+    /// The encoder's kernels.
+    pub encoder: Duration,
+    /// The decoder's kernels.
+    pub decoder: Duration,
+    /// Copies of both passes' outputs to the host.
+    pub download: Duration,
+}
+
+impl DeviceTimings {
+    /// Sum of all four.
+    pub fn total(&self) -> Duration {
+        self.upload + self.encoder + self.decoder + self.download
+    }
+}
+
+/// Prepares the backend `choice` names for the engine in `file`; `auto` takes CUDA when it can
+/// and otherwise the CPU, logging why.
 pub fn prepare(
     choice: BackendChoice,
     file: &EngineFile,
     manifest: &Manifest,
     threads: usize,
 ) -> Result<Box<dyn Backend>> {
+    let cpu = || -> Result<Box<dyn Backend>> { Ok(Box::new(cpu::CpuBackend::prepare(file, manifest, threads)?)) };
     match choice {
-        BackendChoice::Cpu => Ok(Box::new(cpu::CpuBackend::prepare(file, manifest, threads)?)),
-        BackendChoice::Auto => {
-            log::info!("backend auto: using cpu (this build has no GPU backend)");
-            Ok(Box::new(cpu::CpuBackend::prepare(file, manifest, threads)?))
-        }
-        BackendChoice::Cuda => Err(Error::Backend {
-            backend: "cuda",
-            what: "this build has no CUDA backend yet; use --backend cpu, or auto to take the best one present".into(),
+        BackendChoice::Cpu => cpu(),
+        BackendChoice::Cuda => prepare_cuda(file, manifest).map_err(|e| match e {
+            Error::Backend { backend, what } => Error::Backend {
+                backend,
+                what: format!("{what}; use --backend cpu, or auto to take the best one present"),
+            },
+            other => other,
+        }),
+        BackendChoice::Auto => prepare_cuda(file, manifest).or_else(|e| {
+            log::info!("backend auto: using cpu, not cuda: {e}");
+            cpu()
         }),
     }
+}
+
+#[cfg(any(feature = "cuda-12", feature = "cuda-13"))]
+fn prepare_cuda(file: &EngineFile, manifest: &Manifest) -> Result<Box<dyn Backend>> {
+    cuda::prepare(file, manifest)
+}
+
+#[cfg(not(any(feature = "cuda-12", feature = "cuda-13")))]
+fn prepare_cuda(_: &EngineFile, _: &Manifest) -> Result<Box<dyn Backend>> {
+    Err(Error::Backend {
+        backend: "cuda",
+        what: "this build has no CUDA backend: build with --features cuda (CUDA 13) or cuda-12".into(),
+    })
 }

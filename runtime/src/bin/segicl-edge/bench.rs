@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
+use segicl::backend::DeviceTimings;
 use segicl::synthetic::Task;
 use segicl::{MaskMut, OwnedImage, PixelFormat};
 
@@ -87,6 +88,7 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
     }
 
     let (mut pre, mut enc, mut dec, mut post, mut frame_total) = (vec![], vec![], vec![], vec![], vec![]);
+    let mut device: Vec<DeviceTimings> = vec![];
     for i in 0..args.warmup + args.frames {
         let frame = &frames[i % frames.len()].image;
         let started = Instant::now();
@@ -99,10 +101,11 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
             dec.push(t.decoder);
             post.push(t.postprocess);
             frame_total.push(total);
+            device.extend(session.device_timings());
         }
     }
 
-    let rows = [
+    let mut rows = vec![
         ("preprocess", stats(&pre)),
         ("encoder", stats(&enc)),
         ("decoder", stats(&dec)),
@@ -111,6 +114,17 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
         ("set-shot (one shot)", stats(&set_shot)),
         ("frame (uncached: shots re-encoded)", stats(&uncached)),
     ];
+    if !device.is_empty() {
+        // Device-side times from the backend's events (CUDA), for the same cached frames.
+        let stage = |time: fn(&DeviceTimings) -> Duration| stats(&device.iter().map(time).collect::<Vec<_>>());
+        rows.extend([
+            ("device: upload (image, context)", stage(|d| d.upload)),
+            ("device: encoder", stage(|d| d.encoder)),
+            ("device: decoder", stage(|d| d.decoder)),
+            ("device: download (tokens, logits)", stage(|d| d.download)),
+            ("device: frame", stage(DeviceTimings::total)),
+        ]);
+    }
     let cached_fps = 1e3 / rows[4].1.mean;
     let uncached_fps = 1e3 / rows[6].1.mean;
     let ratio = rows[6].1.p50 / rows[4].1.p50;

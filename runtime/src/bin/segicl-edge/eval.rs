@@ -53,6 +53,9 @@ pub struct Args {
     /// Skip the baselines (copy-shots and prototype).
     #[arg(long, conflicts_with = "baseline_engine")]
     no_baselines: bool,
+    /// Probability threshold of the model's masks, with --roi too (default: the engine's).
+    #[arg(long)]
+    threshold: Option<f32>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -200,6 +203,12 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
         false => Some(Prototype::open(global, args.baseline_engine.as_ref(), &engine)?),
     };
     let mut methods = Methods { model: engine.session()?, roi, prototype };
+    if let Some(t) = args.threshold {
+        methods.model.set_threshold(t)?;
+        if let Some(s) = methods.roi.as_mut() {
+            s.set_threshold(t)?;
+        }
+    }
     let total: usize = args.shots.iter().map(|k| args.draws * (data.len() - k)).sum();
     let bar = ProgressBar::new(total as u64).with_style(
         ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} frames, {eta} left")?.progress_chars("=> "),
@@ -241,6 +250,7 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
             .collect();
         let out = serde_json::json!({
             "engine": engine.path(), "data": source, "draws": args.draws, "seed": args.seed,
+            "threshold": args.threshold.unwrap_or(engine.manifest().threshold),
             "roi": methods.roi.as_ref().and_then(Session::roi), "baseline_engine": baseline_engine,
             "results": results,
         });
