@@ -4,13 +4,17 @@
         [--split all|val] [--roi] [--limit 40] [--draws 3] [--json-out FILE]
     python3 models/ref/evaluate.py --engine models/segicl-ref.plan --split val --sets all \
         --compare models/segicl-ref-int8.plan,models/segicl-ref-fp16.plan --no-baselines
+    python3 models/ref/evaluate.py --engine models/segicl-ref.plan --split val --sets all --refine \
+        [--refiner models/litemedsam-int8.refiner] --limit 30
 
 Every task of each named set in target/ref-data is evaluated with 1, 2 and 3 shots on the same
 draws as the baselines `eval` prints (copy the shots' masks; the prototype engine). `--split val`
 restricts a task to its validation groups (for a model that trained on the set); a left-out set
 is evaluated whole. `--compare` scores other engines (quantised versions) on the same draws and
-prints their 3-shot Dice next to the engine's. The numbers come from the Rust runtime (tract), not
-from PyTorch.
+prints their 3-shot Dice next to the engine's. `--refine` also scores the engine with the
+refinement pass on the same draws (the gate decides per draw) and prints refined Dice at 1/2/3
+shots with the difference to pass 1. The numbers come from the Rust runtime (tract), not from
+PyTorch.
 """
 
 import argparse
@@ -42,6 +46,10 @@ def run_eval(binary, engine, folder, args, baselines=True):
         cmd += ["--threshold", str(args.threshold)]
     if args.roi:
         cmd += ["--roi", "--roi-margin", str(args.roi_margin)]
+    if args.refine:
+        cmd.append("--refine")
+        if args.refiner:
+            cmd += ["--refiner", args.refiner]
     done = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(done.stdout)
 
@@ -54,6 +62,8 @@ def main():
     ap.add_argument("--split", choices=("all", "val"), default="all")
     ap.add_argument("--roi", action="store_true")
     ap.add_argument("--roi-margin", type=float, default=0.5)
+    ap.add_argument("--refine", action="store_true", help="also score the refinement pass on the same draws")
+    ap.add_argument("--refiner", help="refiner file (default: the bundled one)")
     ap.add_argument("--limit", type=int, default=40)
     ap.add_argument("--draws", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
@@ -90,6 +100,8 @@ def main():
         print_comparison(results, compared)
     else:
         print_tables(results, args.roi)
+        if args.refine:
+            print_refined(results)
 
 
 def pairs(result):
@@ -116,6 +128,30 @@ def print_tables(results, roi):
         means.append(three["dice_mean"])
         print(f"| {task} | {pairs(r)} | " + " | ".join(cells) + f" | {copy:.3f} | {proto:.3f} | {margin:+.3f} |")
     print(f"\nmean 3-shot Dice over {len(means)} task(s): {sum(means) / len(means):.3f}")
+
+
+def print_refined(results):
+    """One row per task: pass 1 and refined Dice at 1/2/3 shots, the 3-shot difference and how often
+    the gate kept refinement on; then the means and the sets more than 0.02 below pass 1."""
+    print("\n| task | 1 shot | refined | 2 shots | refined | 3 shots | refined | Δ (3) | gate on (3) |")
+    print("|" + "---|" * 9)
+    deltas, base, refined = [], [], []
+    for task, r in results.items():
+        rows = {row["shots"]: row for row in r["results"]}
+        cells = []
+        for k in (1, 2, 3):
+            cells += [f"{rows[k]['dice_mean']:.3f}", f"{rows[k]['refine']['dice_mean']:.3f}"]
+        three = rows[3]
+        delta = three["refine"]["dice_mean"] - three["dice_mean"]
+        deltas.append((task, delta))
+        base.append(three["dice_mean"])
+        refined.append(three["refine"]["dice_mean"])
+        print(f"| {task} | " + " | ".join(cells) + f" | {delta:+.3f} | {three['refine']['gate_on']:.2f} |")
+    n = len(base)
+    print(f"\nmean 3-shot Dice over {n} task(s): pass 1 {sum(base) / n:.3f}, refined {sum(refined) / n:.3f}"
+          f" ({(sum(refined) - sum(base)) / n:+.3f})")
+    worse = [f"{t} ({d:+.3f})" for t, d in deltas if d < -0.02]
+    print(f"tasks more than 0.02 below pass 1: {', '.join(worse) if worse else 'none'}")
 
 
 def print_comparison(results, compared):

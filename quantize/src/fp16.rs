@@ -3,6 +3,8 @@
 //! when it optimises the graph at open (f32 arithmetic: tract's f16 arithmetic is slow on x86); a
 //! GPU backend can take the f16 weights as they are.
 
+use std::collections::HashSet;
+
 use anyhow::Result;
 use half::f16;
 use tract_onnx::pb;
@@ -16,9 +18,14 @@ pub const MIN_ELEMENTS: usize = 16;
 /// Converts the model's f32 initializers of at least [`MIN_ELEMENTS`] elements to f16; one whose
 /// values overflow f16 stays f32. Returns how many were converted.
 pub fn convert(model: &mut pb::ModelProto) -> Result<usize> {
+    convert_except(model, &HashSet::new())
+}
+
+/// [`convert`], leaving the initializers named in `keep` as they are (the scales of int8 weights).
+pub fn convert_except(model: &mut pb::ModelProto, keep: &HashSet<String>) -> Result<usize> {
     let graph = graph_mut(model);
     let mut casts = Vec::new();
-    for t in graph.initializer.iter_mut() {
+    for t in graph.initializer.iter_mut().filter(|t| !keep.contains(&t.name)) {
         let Some(values) = f32_values(t) else { continue };
         if values.len() < MIN_ELEMENTS || values.iter().any(|v| v.abs() > f16::MAX.to_f32()) {
             continue;

@@ -39,6 +39,27 @@ pub fn graph_mut(model: &mut pb::ModelProto) -> &mut pb::GraphProto {
     model.graph.as_mut().expect("decode refuses models without a graph")
 }
 
+/// Moves every Constant node holding an f32 tensor of at least `min_elements` elements into the
+/// initializers, under the node's output name, so that weight rewrites see it.
+pub fn constants_to_initializers(model: &mut pb::ModelProto, min_elements: usize) {
+    let g = graph_mut(model);
+    let mut kept = Vec::with_capacity(g.node.len());
+    for n in std::mem::take(&mut g.node) {
+        let value = (n.op_type == "Constant" && n.output.len() == 1)
+            .then(|| n.attribute.iter().find(|a| a.name == "value").and_then(|a| a.t.clone()))
+            .flatten()
+            .filter(|t| t.data_type == FLOAT && t.dims.iter().product::<i64>() >= min_elements as i64);
+        match value {
+            Some(mut t) => {
+                t.name = n.output[0].clone();
+                g.initializer.push(t);
+            }
+            None => kept.push(n),
+        }
+    }
+    g.node = kept;
+}
+
 /// The values of an f32 tensor (from `float_data` or little-endian `raw_data`); `None` for other
 /// element types.
 pub fn f32_values(t: &pb::TensorProto) -> Option<Vec<f32>> {

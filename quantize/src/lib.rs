@@ -1,5 +1,6 @@
 //! segicl-quantize: an fp32 engine → an int8 (QDQ, calibrated on real shots and frames) or fp16
-//! engine, and a report of what it costs in Dice, logits, size and CPU latency.
+//! engine, and a report of what it costs in Dice, logits, size and CPU latency; an fp32 refiner →
+//! an fp16 refiner ([`refiner`]), with its report.
 //!
 //! [`quantize`] writes the new engine; [`report::compare`] measures it against the original.
 
@@ -9,6 +10,7 @@ pub mod calibrate;
 pub mod fp16;
 pub mod graph;
 pub mod int8;
+pub mod refiner;
 pub mod report;
 
 use std::collections::HashMap;

@@ -7,15 +7,23 @@ use anyhow::Context;
 use clap::Parser;
 use segicl::manifest::CalibrationMethod;
 use segicl_quantize::int8::KeepFloat;
-use segicl_quantize::{calibrate, quantize, report, write, Options, Target};
+use segicl_quantize::{calibrate, quantize, refiner, report, write, Options, Target};
 
-/// Turn an fp32 segicl engine into an int8 (QDQ, calibrated) or fp16 engine.
+/// Turn an fp32 segicl engine into an int8 (QDQ, calibrated) or fp16 engine, or an fp32 refiner
+/// into an fp16 refiner.
 #[derive(Parser)]
 #[command(version)]
 struct Args {
     /// The fp32 engine.
-    #[arg(long)]
-    engine: PathBuf,
+    #[arg(long, required_unless_present = "refiner")]
+    engine: Option<PathBuf>,
+    /// An fp32 refiner file to convert instead (fp16, or int8 weights with activations in float:
+    /// no calibration); its report refines after the in-context pass of --pass1-engine.
+    #[arg(long, conflicts_with_all = ["engine", "calib", "shot_side"])]
+    refiner: Option<PathBuf>,
+    /// The in-context engine whose masks the refiner report refines (with --refiner).
+    #[arg(long, requires = "refiner", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/segicl-ref.plan"))]
+    pass1_engine: PathBuf,
     /// Precision of the new engine.
     #[arg(long, value_enum)]
     precision: Target,
@@ -73,9 +81,46 @@ impl From<Method> for CalibrationMethod {
     }
 }
 
+/// `--refiner`: the fp16 refiner and, with --report, its report.
+fn run_refiner(args: &Args, fp32: &std::path::Path) -> anyhow::Result<()> {
+    let label = match args.precision {
+        Target::Int8 => "int8",
+        Target::Fp16 => "fp16",
+    };
+    let (bytes, converted) = refiner::convert(fp32, args.precision)?;
+    write(&args.output, &bytes)?;
+    println!(
+        "wrote {} ({label} refiner, {} bytes); {converted} weight tensors converted",
+        args.output.display(),
+        bytes.len()
+    );
+    let Some(path) = &args.report else { return Ok(()) };
+    let Some(dir) = &args.eval else { anyhow::bail!("--report needs --eval DIR to evaluate on") };
+    let data = calibrate::load(dir, args.eval_pairs, args.seed.wrapping_add(1)).context("the report's eval folder")?;
+    let cmp = refiner::compare(&args.pass1_engine, fp32, &args.output, &data, args.draws, args.seed)?;
+    let notes = vec![
+        format!(
+            "fp32: `{}`; {label}: `{}`; in-context pass: `{}`",
+            fp32.display(),
+            args.output.display(),
+            args.pass1_engine.display()
+        ),
+        format!("eval: {} pairs of `{}`, {} draws, seed {}", data.len(), dir.display(), args.draws, args.seed),
+        format!("command: `segicl-quantize {}`", std::env::args().skip(1).collect::<Vec<_>>().join(" ")),
+    ];
+    let text = cmp.markdown(&format!("segicl-quantize report: {label} refiner"), &notes, label);
+    std::fs::write(path, &text).with_context(|| format!("writing {}", path.display()))?;
+    print!("{text}");
+    Ok(())
+}
+
 fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(fp32) = args.refiner.clone() {
+        return run_refiner(&args, &fp32);
+    }
+    let engine = args.engine.clone().expect("clap requires --engine without --refiner");
     let options = Options {
-        engine: args.engine.clone(),
+        engine: engine.clone(),
         target: args.precision,
         calib: args.calib.clone(),
         method: args.method.into(),
@@ -105,9 +150,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         anyhow::bail!("--report needs --eval DIR (or --calib DIR) to evaluate on")
     };
     let data = calibrate::load(dir, args.eval_pairs, args.seed.wrapping_add(1)).context("the report's eval folder")?;
-    let cmp = report::compare(&args.engine, &args.output, &data, args.draws, args.seed, &[1, 2], 30)?;
+    let cmp = report::compare(&engine, &args.output, &data, args.draws, args.seed, &[1, 2], 30)?;
     let mut notes = vec![
-        format!("fp32: `{}`; {label}: `{}`", args.engine.display(), args.output.display()),
+        format!("fp32: `{}`; {label}: `{}`", engine.display(), args.output.display()),
         format!(
             "eval: {} pairs of `{}`, {} draws per shot count, seed {}",
             data.len(),

@@ -86,13 +86,19 @@ impl EngineMetadata {
     }
 }
 
+/// Checks a thread count of [`EngineOptions`].
+pub(crate) fn check_threads(threads: usize) -> Result<()> {
+    if threads == 0 {
+        return Err(Error::invalid("threads must be at least 1"));
+    }
+    Ok(())
+}
+
 impl Engine {
     /// Maps and verifies `path`, checks both graphs against the manifest and prepares the backend.
     pub fn open(path: impl AsRef<Path>, options: &EngineOptions) -> Result<Engine> {
         let EngineMetadata { file, manifest, shots } = EngineMetadata::open(path.as_ref())?;
-        if options.threads == 0 {
-            return Err(Error::invalid("threads must be at least 1"));
-        }
+        check_threads(options.threads)?;
         let backend = backend::prepare(options.backend, &file, &manifest, options.threads)?;
         log::info!(
             "opened {} ({} {}, R={}, backend {})",

@@ -4,7 +4,8 @@
 //! [`Session`] per stream, set shots with [`Session::set_shot`], then call [`Session::segment`]
 //! per frame: one encoder pass and one decoder pass, the shots' context served from a cache.
 //! For small structures, [`Session::set_roi`] adds a second pass on a crop around the first
-//! pass's prediction ([`roi`]).
+//! pass's prediction ([`roi`]); [`Session::set_refiner`] redraws the boundary with a pretrained
+//! promptable segmenter from a box around the mask ([`refine`]).
 
 #![warn(missing_docs)]
 
@@ -22,6 +23,7 @@ pub mod metrics;
 pub mod pack;
 pub mod postprocess;
 pub mod preprocess;
+pub mod refine;
 pub mod roi;
 pub mod session;
 pub mod shots;
@@ -31,5 +33,6 @@ pub use backend::BackendChoice;
 pub use engine::{Engine, EngineMetadata, EngineOptions};
 pub use error::{Error, Result};
 pub use image::{ImageView, MaskMut, OwnedImage, PixelFormat, Rect};
+pub use refine::{BoxRule, RefineOptions, Refiner};
 pub use roi::RoiOptions;
 pub use session::{FrameTimings, Session, ShotUpdate};

@@ -168,8 +168,14 @@ pub struct Manifest {
 impl Manifest {
     /// Parses and checks a manifest.
     pub fn from_json(bytes: &[u8]) -> Result<Manifest> {
-        let m: Manifest = serde_json::from_slice(bytes)
-            .map_err(|e| Error::contract("manifest", format!("not valid manifest JSON: {e}")))?;
+        let m: Manifest = serde_json::from_slice(bytes).map_err(|e| {
+            let kind = serde_json::from_slice::<serde_json::Value>(bytes).ok().and_then(|v| v.get("kind").cloned());
+            if kind.is_some_and(|k| k == "refiner") {
+                Error::contract("manifest", "this is a refiner, not an in-context engine: give it as --refiner")
+            } else {
+                Error::contract("manifest", format!("not valid manifest JSON: {e}"))
+            }
+        })?;
         m.validate()?;
         Ok(m)
     }

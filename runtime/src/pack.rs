@@ -1,4 +1,5 @@
-//! Packing: a manifest, two ONNX graphs, a model card and default shots → one engine file.
+//! Packing: a manifest, two ONNX graphs, a model card and default shots → one engine file; a
+//! refiner's manifest, graphs and card → one refiner file.
 
 use std::path::Path;
 
@@ -8,6 +9,7 @@ use crate::format::{write_atomically, EngineWriter, Tag};
 use crate::image::{ImageView, OwnedImage, PixelFormat};
 use crate::manifest::{Manifest, MAX_SHOTS};
 use crate::preprocess::{area_resize, binarise_coverage, mask_coverage};
+use crate::refine::RefinerManifest;
 use crate::shots::{DefaultShots, StoredShot};
 
 /// Everything an engine file holds.
@@ -52,6 +54,34 @@ impl EngineParts {
     /// Checks the manifest and writes the engine file to `path` atomically.
     pub fn write(&self, path: &Path) -> Result<()> {
         write_atomically(path, &self.to_bytes()?)
+    }
+}
+
+/// Everything a refiner file holds (see [`crate::refine`]).
+#[derive(Debug, Clone)]
+pub struct RefinerParts {
+    /// The refiner's manifest.
+    pub manifest: RefinerManifest,
+    /// Image encoder ONNX bytes.
+    pub encoder: Vec<u8>,
+    /// Prompt and mask decoder ONNX bytes.
+    pub decoder: Vec<u8>,
+    /// Model card (Markdown).
+    pub card: Option<String>,
+}
+
+impl RefinerParts {
+    /// Checks the manifest and lays out the refiner file.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        self.manifest.validate()?;
+        let mut w = EngineWriter::new()
+            .section(Tag::MANIFEST, self.manifest.to_json())
+            .section(Tag::ENCODER, self.encoder.clone())
+            .section(Tag::DECODER, self.decoder.clone());
+        if let Some(card) = &self.card {
+            w = w.section(Tag::CARD, card.as_bytes().to_vec());
+        }
+        Ok(w.to_bytes())
     }
 }
 

@@ -36,51 +36,10 @@ impl Preprocessor {
 
     /// Writes `frame` as C planes of R×R, normalised, into `out` (length [`Self::image_len`]).
     pub fn image(&self, frame: &ImageView, out: &mut [f32]) {
-        let plane = self.resolution * self.resolution;
         debug_assert_eq!(out.len(), self.image_len());
-        let (r, g, b) = match frame.format() {
-            PixelFormat::Bgr8 => (2, 1, 0),
-            _ => (0, 1, 2),
-        };
-        const S: f32 = 1.0 / 255.0;
-        for (c, dst) in out.chunks_exact_mut(plane).enumerate() {
-            match (frame.format(), self.colour) {
-                (PixelFormat::Gray8, _) => self.resample(frame, dst, |d, i| d[i] as f32 * S),
-                (PixelFormat::Gray16, _) => {
-                    self.resample(frame, dst, |d, i| u16::from_ne_bytes([d[i], d[i + 1]]) as f32 * (1.0 / 65535.0))
-                }
-                (_, ColourRule::Luma) => self.resample(frame, dst, |d, i| {
-                    (0.299 * d[i + r] as f32 + 0.587 * d[i + g] as f32 + 0.114 * d[i + b] as f32) * S
-                }),
-                (_, ColourRule::Green) => self.resample(frame, dst, |d, i| d[i + g] as f32 * S),
-                (_, ColourRule::Rgb) => {
-                    let k = [r, g, b][c];
-                    self.resample(frame, dst, |d, i| d[i + k] as f32 * S)
-                }
-            }
-        }
-        match &self.normalisation {
-            Normalisation::MinMax => {
-                let (lo, hi) =
-                    out.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
-                let scale = if hi > lo { 1.0 / (hi - lo) } else { 0.0 };
-                out.iter_mut().for_each(|v| *v = (*v - lo) * scale);
-            }
-            Normalisation::MeanStd { mean, std } => {
-                for (c, dst) in out.chunks_exact_mut(plane).enumerate() {
-                    let (m, s) = (mean[c], std[c]);
-                    dst.iter_mut().for_each(|v| *v = (*v - m) / s);
-                }
-            }
-        }
-    }
-
-    /// Area-resizes one channel of `frame` into `dst`; `px(bytes, i)` reads the channel of the
-    /// pixel whose first byte is `bytes[i]`.
-    fn resample(&self, frame: &ImageView, dst: &mut [f32], px: impl Fn(&[u8], usize) -> f32) {
-        let (bytes, stride, bpp) = (frame.bytes(), frame.stride(), frame.format().bytes_per_pixel());
         let r = self.resolution;
-        area_resize((frame.width(), frame.height()), (r, r), dst, |x, y| px(bytes, y * stride + x * bpp));
+        frame_planes(frame, self.colour, (r, r), out);
+        normalise(&self.normalisation, r * r, out);
     }
 
     /// Writes a shot's mask (`Gray8`, same size as its image, ≥ 128 is foreground) as 0/1 at R×R.
@@ -110,6 +69,62 @@ impl Preprocessor {
         mask_coverage(mask, (self.resolution, self.resolution), out);
         binarise_coverage(out);
         Ok(())
+    }
+}
+
+/// Writes `frame` as the colour rule's channels, each a plane of `size` (width, height) area-resized
+/// from the frame, with values in 0..=1, into `out` (channels × width × height floats).
+pub fn frame_planes(frame: &ImageView, colour: ColourRule, (width, height): (usize, usize), out: &mut [f32]) {
+    let plane = width * height;
+    debug_assert_eq!(out.len(), colour.channels() * plane);
+    let (r, g, b) = match frame.format() {
+        PixelFormat::Bgr8 => (2, 1, 0),
+        _ => (0, 1, 2),
+    };
+    let size = (width, height);
+    const S: f32 = 1.0 / 255.0;
+    for (c, dst) in out.chunks_exact_mut(plane).enumerate() {
+        match (frame.format(), colour) {
+            (PixelFormat::Gray8, _) => resample(frame, size, dst, |d: &[u8], i: usize| d[i] as f32 * S),
+            (PixelFormat::Gray16, _) => resample(frame, size, dst, |d: &[u8], i: usize| {
+                u16::from_ne_bytes([d[i], d[i + 1]]) as f32 * (1.0 / 65535.0)
+            }),
+            (_, ColourRule::Luma) => resample(frame, size, dst, |d: &[u8], i: usize| {
+                (0.299 * d[i + r] as f32 + 0.587 * d[i + g] as f32 + 0.114 * d[i + b] as f32) * S
+            }),
+            (_, ColourRule::Green) => resample(frame, size, dst, |d: &[u8], i: usize| d[i + g] as f32 * S),
+            (_, ColourRule::Rgb) => {
+                let k = [r, g, b][c];
+                resample(frame, size, dst, |d: &[u8], i: usize| d[i + k] as f32 * S)
+            }
+        }
+    }
+}
+
+/// Area-resizes one channel of `frame` into `dst` of `size`; `px(bytes, i)` reads the channel of
+/// the pixel whose first byte is `bytes[i]`.
+#[inline]
+fn resample(frame: &ImageView, size: (usize, usize), dst: &mut [f32], px: impl Fn(&[u8], usize) -> f32) {
+    let (bytes, stride, bpp) = (frame.bytes(), frame.stride(), frame.format().bytes_per_pixel());
+    area_resize((frame.width(), frame.height()), size, dst, |x, y| px(bytes, y * stride + x * bpp));
+}
+
+/// Normalises `values` (channel planes of `plane` floats each) in place by `rule`: min-max over
+/// all of them (a flat image becomes zeros) or mean/std per plane.
+pub fn normalise(rule: &Normalisation, plane: usize, values: &mut [f32]) {
+    match rule {
+        Normalisation::MinMax => {
+            let (lo, hi) =
+                values.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+            let scale = if hi > lo { 1.0 / (hi - lo) } else { 0.0 };
+            values.iter_mut().for_each(|v| *v = (*v - lo) * scale);
+        }
+        Normalisation::MeanStd { mean, std } => {
+            for (c, dst) in values.chunks_exact_mut(plane).enumerate() {
+                let (m, s) = (mean[c], std[c]);
+                dst.iter_mut().for_each(|v| *v = (*v - m) / s);
+            }
+        }
     }
 }
 

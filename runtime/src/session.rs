@@ -10,8 +10,10 @@ use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::image::{ImageView, MaskMut, OwnedImage, Rect};
 use crate::manifest::MAX_SHOTS;
+use crate::metrics::overlap;
 use crate::postprocess::{logits_to_mask, threshold_logit};
 use crate::preprocess::Preprocessor;
+use crate::refine::{gate, GateReport, PixelBox, RefineOptions, RefineRunner, RefineTimings, Refiner};
 use crate::roi::{logits_box, mask_box, RoiOptions};
 use crate::shots::StoredShot;
 
@@ -41,13 +43,25 @@ pub struct FrameTimings {
     /// Of the above, the time the ROI pass took (crop through upsampling); zero when it did not
     /// run.
     pub roi_pass: Duration,
+    /// The refinement pass (box, refiner encoder and decoder, upsampling); zero when it did not
+    /// run. [`Session::refine_timings`] splits it by stage.
+    pub refine: Duration,
 }
 
 impl FrameTimings {
     /// Sum of all stages.
     pub fn total(&self) -> Duration {
-        self.preprocess + self.encoder + self.decoder + self.postprocess
+        self.preprocess + self.encoder + self.decoder + self.postprocess + self.refine
     }
+}
+
+/// A session's refiner: its runner, options and the gate's last decision.
+struct RefineState {
+    runner: RefineRunner,
+    options: RefineOptions,
+    /// The gate's report and what it was made for: the context's generation and the first pass's
+    /// threshold.
+    report: Option<((u64, u32), GateReport)>,
 }
 
 /// One stream's state: context cache, runner and buffers. Not shared between threads.
@@ -60,6 +74,15 @@ impl FrameTimings {
 /// second context, made of the shots cropped around their own masks by the same rule. The mask
 /// is 0 outside the crop. The session keeps a copy of each shot's pixels, so ROI mode can be
 /// turned on, re-tuned or off at any time and its context is rebuilt from them.
+///
+/// # Refinement
+///
+/// With a refiner set ([`Session::set_refiner`]), the mask of pass 1 (ROI pass included) is
+/// redrawn by the refiner from a box around it (see [`crate::refine`]). Which box rule and margin
+/// to use, or whether to refine at all, is decided per task on the shots when the context has
+/// changed (at the next frame, or [`Session::tune_refiner`]): with two or three shots, each shot is
+/// segmented from the others and refined by every candidate; refinement stays on with the best
+/// candidate only if it beats pass 1 on the shots. With one shot the session's own rule is used.
 pub struct Session {
     engine: Engine,
     runner: Box<dyn Runner>,
@@ -79,6 +102,12 @@ pub struct Session {
     cut: f32,
     timings: FrameTimings,
     crop: Option<Rect>,
+    refine: Option<RefineState>,
+    /// Slots whose tokens the next passes must not see (the gate's leave-one-out passes).
+    exclude: [bool; MAX_SHOTS],
+    /// `ctx_valid` with the excluded slots zeroed.
+    loo_valid: Vec<f32>,
+    refine_box: Option<PixelBox>,
 }
 
 impl Session {
@@ -98,6 +127,10 @@ impl Session {
             roi: None,
             shots: Default::default(),
             crop: None,
+            refine: None,
+            exclude: [false; MAX_SHOTS],
+            loo_valid: vec![0.0; MAX_SHOTS * m.tokens_per_shot],
+            refine_box: None,
             cut: threshold_logit(m.threshold),
             pre,
             runner,
@@ -255,7 +288,8 @@ impl Session {
 
     /// Segments `frame` with the cached context into `out`, which must have the frame's size.
     /// In ROI mode, refines the prediction on a crop (see [`Session`]); when pass 1 finds no
-    /// foreground, its empty mask is the result.
+    /// foreground, its empty mask is the result. With a refiner, the mask is refined when the
+    /// gate keeps refinement on for these shots (the gate runs first if the context changed).
     pub fn segment(&mut self, frame: &ImageView, out: &mut MaskMut) -> Result<()> {
         if self.cache.is_empty() {
             return Err(Error::NoShots);
@@ -269,10 +303,24 @@ impl Session {
                 frame.height()
             )));
         }
-        let (r, w, h) = (self.pre.resolution(), frame.width(), frame.height());
+        let chosen = self.tune_refiner()?.and_then(|report| report.chosen);
         let mut t = FrameTimings::default();
+        self.first_pass(frame, out, &mut t)?;
+        self.refine_box = None;
+        if let (Some(c), Some(state)) = (chosen, self.refine.as_mut()) {
+            let started = Instant::now();
+            self.refine_box = state.runner.refine(frame, out, c.rule, c.margin)?;
+            t.refine = started.elapsed();
+        }
+        self.timings = t;
+        Ok(())
+    }
+
+    /// Pass 1 (and the ROI pass in ROI mode) on `frame` into `out`, adding the stages' times to `t`.
+    fn first_pass(&mut self, frame: &ImageView, out: &mut MaskMut, t: &mut FrameTimings) -> Result<()> {
+        let (r, w, h) = (self.pre.resolution(), frame.width(), frame.height());
         self.crop = None;
-        self.infer(frame, false, &mut t)?;
+        self.infer(frame, false, t)?;
         let started = Instant::now();
         let crop = self.roi.and_then(|roi| Some(roi.crop(logits_box(&self.logits, r, self.cut, w, h)?, w, h)));
         t.postprocess += started.elapsed();
@@ -280,19 +328,125 @@ impl Session {
             let started = Instant::now();
             logits_to_mask(&self.logits, r, self.cut, out);
             t.postprocess += started.elapsed();
-            self.timings = t;
             return Ok(());
         };
         let started = Instant::now();
-        self.infer(&frame.crop(crop)?, true, &mut t)?;
+        self.infer(&frame.crop(crop)?, true, t)?;
         let upsampling = Instant::now();
         out.fill(0);
         logits_to_mask(&self.logits, r, self.cut, &mut out.crop(crop)?);
         t.postprocess += upsampling.elapsed();
         t.roi_pass = started.elapsed();
-        self.timings = t;
         self.crop = Some(crop);
         Ok(())
+    }
+
+    /// Takes `refiner` with `options`, replacing the refiner or options the session had, or
+    /// drops it (`None`). The same refiner keeps its memo of embeddings. The gate runs at the
+    /// next frame (or [`Session::tune_refiner`]). Bad options are an error and change nothing.
+    pub fn set_refiner(&mut self, refiner: Option<(&Refiner, RefineOptions)>) -> Result<()> {
+        let Some((refiner, options)) = refiner else {
+            self.refine = None;
+            return Ok(());
+        };
+        options.check()?;
+        let reusable = self
+            .refine
+            .as_ref()
+            .is_some_and(|s| s.runner.refiner().same(refiner) && s.options.memo_frames == options.memo_frames);
+        let runner = match reusable {
+            true => self.refine.take().expect("checked above").runner,
+            false => RefineRunner::new(refiner.clone(), options.memo_frames)?,
+        };
+        self.refine = Some(RefineState { runner, options, report: None });
+        Ok(())
+    }
+
+    /// The refiner and its options, when one is set.
+    pub fn refiner(&self) -> Option<(&Refiner, RefineOptions)> {
+        self.refine.as_ref().map(|s| (s.runner.refiner(), s.options))
+    }
+
+    /// Runs the gate for the current shots unless it already ran for them (see [`Session`]) and
+    /// returns its report; `None` without a refiner. With two or three shots this costs, per
+    /// shot, one pass 1, one refiner encoder pass (unless memoised) and one decoder pass per
+    /// candidate.
+    pub fn tune_refiner(&mut self) -> Result<Option<&GateReport>> {
+        let key = (self.generation(), self.cut.to_bits());
+        let stale = match &self.refine {
+            None => return Ok(None),
+            Some(state) => state.report.as_ref().is_none_or(|(k, _)| *k != key),
+        };
+        if stale {
+            if self.cache.is_empty() {
+                return Err(Error::NoShots);
+            }
+            let report = self.run_gate()?;
+            self.refine.as_mut().expect("checked above").report = Some((key, report));
+        }
+        Ok(self.refine.as_ref().and_then(|s| s.report.as_ref()).map(|(_, r)| r))
+    }
+
+    /// Scores pass 1 and every candidate on each distinct shot, segmented from the others.
+    fn run_gate(&mut self) -> Result<GateReport> {
+        let state = self.refine.as_ref().expect("a refiner is set");
+        let default = state.options.candidate(state.runner.refiner());
+        let hashes: Vec<Option<u64>> = (0..MAX_SHOTS).map(|slot| self.cache.hash(slot)).collect();
+        let mut distinct: Vec<usize> = Vec::new();
+        for slot in 0..MAX_SHOTS {
+            if hashes[slot].is_some() && !distinct.iter().any(|&d| hashes[d] == hashes[slot]) {
+                distinct.push(slot);
+            }
+        }
+        if !state.options.gate || distinct.len() < 2 {
+            return Ok(GateReport { shots: 0, pass1: f64::NAN, candidates: Vec::new(), chosen: Some(default) });
+        }
+        let candidates = gate::candidates(default);
+        let mut sums = vec![0.0; candidates.len()];
+        let mut pass1 = 0.0;
+        for &slot in &distinct {
+            let shot = self.shots[slot].clone().expect("a cached slot has its shot");
+            let (image, w, h) = (shot.image.view(), shot.image.width, shot.image.height);
+            let mut first = vec![0u8; w * h];
+            self.exclude = std::array::from_fn(|s| hashes[s] == hashes[slot]);
+            let done = self.first_pass(&image, &mut MaskMut::packed(&mut first, w, h)?, &mut FrameTimings::default());
+            self.exclude = [false; MAX_SHOTS];
+            done?;
+            pass1 += overlap(&first, &shot.mask.data).dice;
+            let runner = &mut self.refine.as_mut().expect("a refiner is set").runner;
+            let mut refined = vec![0u8; w * h];
+            for (c, sum) in candidates.iter().zip(&mut sums) {
+                refined.copy_from_slice(&first);
+                runner.refine(&image, &mut MaskMut::packed(&mut refined, w, h)?, c.rule, c.margin)?;
+                *sum += overlap(&refined, &shot.mask.data).dice;
+            }
+        }
+        let n = distinct.len() as f64;
+        let scored: Vec<_> = candidates.into_iter().zip(sums.into_iter().map(|s| s / n)).collect();
+        let pass1 = pass1 / n;
+        log::info!(
+            "refine gate on {} shots: pass 1 {pass1:.3}, best {:?}",
+            distinct.len(),
+            gate::choose(pass1, &scored)
+        );
+        Ok(GateReport { shots: distinct.len(), pass1, chosen: gate::choose(pass1, &scored), candidates: scored })
+    }
+
+    /// The box (frame pixels) the last segmented frame was refined with; `None` when it was not
+    /// refined (no refiner, refinement off for the task, or an empty pass-1 mask).
+    pub fn last_refine_box(&self) -> Option<PixelBox> {
+        self.refine_box
+    }
+
+    /// The refiner's logits (M×M over its whole input square, the frame in its top-left corner)
+    /// of the last refinement, when a refiner is set.
+    pub fn refined_logits(&self) -> Option<&[f32]> {
+        self.refine.as_ref().map(|s| s.runner.logits())
+    }
+
+    /// Stage timings of the last refinement (of a frame, or of the gate's last candidate).
+    pub fn refine_timings(&self) -> Option<RefineTimings> {
+        self.refine.as_ref().map(|s| s.runner.timings())
     }
 
     /// Runs the encoder on `view` and the decoder with the full or the ROI context into
@@ -304,7 +458,19 @@ impl Session {
         self.runner.encode(&self.image, &self.zero_mask, &mut self.tokens)?;
         let t2 = Instant::now();
         let context = if roi { &self.roi_cache } else { &self.cache };
-        self.runner.decode(context.ctx(), context.valid(), &mut self.logits)?;
+        let valid = if self.exclude.contains(&true) {
+            let t = self.engine.manifest().tokens_per_shot;
+            self.loo_valid.copy_from_slice(context.valid());
+            for (slot, tokens) in self.loo_valid.chunks_exact_mut(t).enumerate() {
+                if self.exclude[slot] {
+                    tokens.fill(0.0);
+                }
+            }
+            &self.loo_valid
+        } else {
+            context.valid()
+        };
+        self.runner.decode(context.ctx(), valid, &mut self.logits)?;
         let t3 = Instant::now();
         t.preprocess += t1 - t0;
         t.encoder += t2 - t1;

@@ -444,8 +444,143 @@ fn demo_and_bench_run_on_the_bundled_engine() {
     assert!(t.contains("segicl-ref") && t.contains("fundus-cup") && t.contains("task switch"), "{t}");
     assert!(t.contains("optic-disc") && dir.path().join("optic-disc-0.png").exists(), "default shots: {t}");
     assert!(dir.path().join("us-lesion-0.png").exists());
+    assert!(t.contains("refinement pass (litemedsam") && t.contains("refined"), "refined task: {t}");
+    assert!(dir.path().join("refined-fundus-disc-0.png").exists());
     let o = run(&["bench", "--frames", "3", "--warmup", "1", "--json"]);
     assert!(o.status.success(), "{}", text(&o));
     let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(json["stages"].as_array().unwrap().len(), 7);
+}
+
+/// The tests' stand-in refiner (its mask is the box; `tests/golden/box-fill.refiner`).
+fn stand_in() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/golden/box-fill.refiner")
+}
+
+#[test]
+fn segment_and_eval_refine_with_a_refiner() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    write_samples(&data, Task::UsLesion, 1..7);
+    let shot = format!("{}={}", p(&data.join("images/1.png")), p(&data.join("masks/1.png")));
+    let out = dir.path().join("out");
+    let (refiner, prototype, query) = (stand_in(), engine(), data.join("images/2.png"));
+    let segment = |extra: &[&str]| {
+        let base = ["--engine", p(&prototype), "segment", "--shot", &shot, "--query", p(&query)];
+        run(&[&base[..], &["--out", p(&out), "--json"], extra].concat())
+    };
+    let o = segment(&["--refine", "--refiner", p(&refiner), "--box-rule", "all-blobs", "--refine-margin", "0"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(json["refiner"]["options"]["rule"], "all-blobs", "{json}");
+    assert_eq!(json["refine_gate"]["shots"], 0, "one shot: no gate");
+    let b = json["results"][0]["refine_box"].as_array().expect("the frame was refined");
+    assert!(b[0].as_f64().unwrap() < b[2].as_f64().unwrap());
+    let plain = segment(&[]);
+    let plain: serde_json::Value = serde_json::from_slice(&plain.stdout).unwrap();
+    assert!(plain["results"][0]["refine_box"].is_null() && plain["refiner"].is_null(), "{plain}");
+
+    let eval =
+        ["--engine", p(&prototype), "eval", "--data", p(&data), "--shots", "1,2", "--draws", "2", "--no-baselines"];
+    let o = run(&[&eval[..], &["--refine", "--refiner", p(&refiner), "--json"]].concat());
+    assert!(o.status.success(), "{}", text(&o));
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for row in json["results"].as_array().unwrap() {
+        let refine = &row["refine"];
+        assert!(refine["dice_mean"].as_f64().is_some() && refine["iou_mean"].as_f64().is_some(), "{row}");
+        assert!((0.0..=1.0).contains(&refine["gate_on"].as_f64().unwrap()), "{row}");
+    }
+    assert_eq!(json["results"][0]["refine"]["gate_on"], 1.0, "one shot: always refined");
+    let table = text(&run(&[&eval[..], &["--refine", "--refiner", p(&refiner)]].concat()));
+    assert!(table.contains("refined") && table.contains("gate on"), "{table}");
+}
+
+#[test]
+fn refiner_files_inspect_verify_pack_and_bad_uses() {
+    let dir = tempfile::tempdir().unwrap();
+    let refiner = stand_in();
+    let o = run(&["inspect", "--refiner", p(&refiner), "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((json["kind"].as_str(), json["manifest"]["name"].as_str()), (Some("refiner"), Some("box-fill")));
+    let o = run(&["inspect", "--refiner", p(&refiner)]);
+    assert!(text(&o).contains("refiner, format 1.0") && text(&o).contains("box"), "{}", text(&o));
+    let o = run(&["verify", "--refiner", p(&refiner)]);
+    assert!(o.status.success() && text(&o).contains("verified"), "{}", text(&o));
+    // Damage in the decoder is named.
+    let file = EngineFile::open(&refiner).unwrap();
+    let mut bytes = std::fs::read(&refiner).unwrap();
+    bytes[file.layout().find(Tag::DECODER).unwrap().offset as usize + 10] ^= 4;
+    let bad = dir.path().join("bad.refiner");
+    std::fs::write(&bad, &bytes).unwrap();
+    let o = run(&["verify", "--refiner", p(&bad)]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("DECODER") && text(&o).contains("checksum"), "{}", text(&o));
+    // pack-refiner rebuilds the same file from its parts.
+    for (tag, name) in
+        [(Tag::ENCODER, "e.onnx"), (Tag::DECODER, "d.onnx"), (Tag::MANIFEST, "m.json"), (Tag::CARD, "c.md")]
+    {
+        std::fs::write(dir.path().join(name), file.section(tag).unwrap()).unwrap();
+    }
+    let f = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    let out = dir.path().join("new.refiner");
+    let pack = |encoder: &str, decoder: &str| {
+        let args = ["pack-refiner", "--manifest", &f("m.json"), "--encoder", &f(encoder), "--decoder", &f(decoder)];
+        run(&[&args[..], &["--card", &f("c.md"), "-o", p(&out)]].concat())
+    };
+    let o = pack("e.onnx", "d.onnx");
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&refiner).unwrap());
+    let o = pack("d.onnx", "e.onnx");
+    assert!(!o.status.success() && text(&o).contains("do not fit"), "{}", text(&o));
+    assert!(!out.exists(), "nothing is left behind");
+    // A refiner is not an engine, an engine is not a refiner, and options are checked.
+    let data = dir.path().join("data");
+    write_samples(&data, Task::UsLesion, 1..3);
+    let shot = format!("{}={}", p(&data.join("images/1.png")), p(&data.join("masks/1.png")));
+    let query = p(&data.join("images/2.png")).to_string();
+    let prototype = engine();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--engine", p(&refiner), "segment", "--shot", &shot], "is a refiner"),
+        (
+            vec!["--engine", p(&prototype), "segment", "--shot", &shot, "--refine", "--refiner", p(&prototype)],
+            "not a refiner",
+        ),
+        (
+            vec![
+                "--engine",
+                p(&prototype),
+                "segment",
+                "--shot",
+                &shot,
+                "--refine",
+                "--refiner",
+                p(&refiner),
+                "--refine-margin",
+                "2",
+            ],
+            "margin",
+        ),
+        (
+            vec![
+                "--engine",
+                p(&prototype),
+                "segment",
+                "--shot",
+                &shot,
+                "--refine",
+                "--refiner",
+                p(&refiner),
+                "--box-rule",
+                "huge",
+            ],
+            "largest-blob",
+        ),
+        (vec!["--engine", p(&prototype), "segment", "--shot", &shot, "--refiner", p(&refiner)], "--refine"),
+    ];
+    for (args, needle) in cases {
+        let o = run(&[&args[..], &["--query", &query, "--out", p(dir.path())]].concat());
+        assert_eq!(o.status.code().map(|c| c != 0), Some(true), "{args:?}: {}", text(&o));
+        assert!(text(&o).contains(needle), "{args:?}: `{}` lacks `{needle}`", text(&o));
+    }
 }

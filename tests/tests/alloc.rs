@@ -144,3 +144,55 @@ fn segment_in_roi_mode_allocates_only_tracts_two_passes() {
     // Each pass allocates what tract's executor allocates for one frame, and nothing else.
     assert!(roi.iter().zip(&plain).all(|(r, p)| *r == 2 * p), "ROI mode allocates more than two passes: {roi:?}");
 }
+
+#[test]
+fn refined_frames_allocate_a_constant_amount_and_retain_nothing() {
+    // The stand-in refiner (its mask is the box), every frame refined; four frames cycle through
+    // a memo of two, so each frame runs the refiner's encoder and reuses an evicted memo entry.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("box-fill.refiner");
+    std::fs::write(&path, segicl_models::box_refiner::file().unwrap()).unwrap();
+    let refiner = segicl::Refiner::open(&path, &segicl::EngineOptions::default()).unwrap();
+    let mut s = prototype().session().unwrap();
+    let options = segicl::RefineOptions { gate: false, memo_frames: 2, ..Default::default() };
+    s.set_refiner(Some((&refiner, options))).unwrap();
+    set_shots(&mut s, Task::UsLesion, &[1, 2, 3]);
+    let frames: Vec<_> = (10..14).map(|seed| sample(Task::UsLesion, seed).0).collect();
+    let (w, h) = (frames[0].width, frames[0].height);
+    let mut out = vec![0u8; w * h];
+    for f in &frames {
+        s.segment(&f.view(), &mut MaskMut::packed(&mut out, w, h).unwrap()).unwrap();
+    }
+    let mut counts = Vec::new();
+    for f in frames.iter().chain(&frames) {
+        let view = f.view();
+        let mut mask = MaskMut::packed(&mut out, w, h).unwrap();
+        let (r, n, net) = count(|| s.segment(&view, &mut mask));
+        r.unwrap();
+        assert_eq!(net, 0, "a refined frame left {net} bytes allocated");
+        assert!(s.last_refine_box().is_some(), "every frame is refined");
+        counts.push(n);
+    }
+    let plain = frame_allocations(None, Task::UsLesion);
+    eprintln!("allocations per frame: {plain:?} pass 1 alone, {counts:?} refined");
+    assert!(counts.windows(2).all(|w| w[0] == w[1]), "allocations vary or grow: {counts:?}");
+}
+
+#[test]
+fn the_box_search_allocates_nothing_after_its_first_frame() {
+    use segicl::refine::boxes::{BoxFinder, BoxRule};
+    let (_, mask) = sample(Task::FundusCup, 5);
+    let (w, h) = (mask.width, mask.height);
+    let mut data = mask.data.clone();
+    let mut finder = BoxFinder::new();
+    let mut view = MaskMut::packed(&mut data, w, h).unwrap();
+    let first = finder.find(&mut view, BoxRule::LargestBlob);
+    for rule in BoxRule::ALL {
+        let (found, n, _) = count(|| finder.find(&mut view, rule));
+        assert_eq!(n, 0, "{}: the blob search allocated", rule.name());
+        assert!(found.is_some() && first.is_some());
+    }
+    let logits: Vec<f32> = (0..64 * 64).map(|i| (i % 5) as f32 - 2.0).collect();
+    let ((), n, _) = count(|| segicl::postprocess::region_to_mask(&logits, 64, (64, 40), 0.0, &mut view));
+    assert_eq!(n, 0, "upsampling a region allocated");
+}

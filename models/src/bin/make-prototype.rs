@@ -1,11 +1,12 @@
-//! Writes the prototype engine (and, with --onnx-dir, its two ONNX graphs).
+//! Writes the prototype engine (and, with --onnx-dir, its two ONNX graphs), and the tests'
+//! stand-in refiner.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
 
-/// Build the training-free prototype engine.
+/// Build the training-free prototype engine and the tests' stand-in refiner.
 #[derive(Parser)]
 struct Args {
     /// Engine file to write.
@@ -14,6 +15,9 @@ struct Args {
     /// Also write encoder.onnx, decoder.onnx and manifest.json into this folder.
     #[arg(long)]
     onnx_dir: Option<PathBuf>,
+    /// The tests' stand-in refiner file to write (its mask is the box).
+    #[arg(long, default_value = "tests/golden/box-fill.refiner")]
+    stand_in_refiner: PathBuf,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -27,5 +31,7 @@ fn main() -> anyhow::Result<()> {
     }
     parts.write(&args.out)?;
     println!("wrote {} ({} bytes)", args.out.display(), std::fs::metadata(&args.out)?.len());
+    segicl::format::write_atomically(&args.stand_in_refiner, &segicl_models::box_refiner::file()?)?;
+    println!("wrote {}", args.stand_in_refiner.display());
     Ok(())
 }

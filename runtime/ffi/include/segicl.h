@@ -13,6 +13,14 @@
 // ABI version: bumped on any incompatible change of the functions or structs below.
 #define SEGICL_ABI_VERSION 1
 
+// [`SegiclOptions::refine_box_rule`]: the box surrounds the largest 8-connected blob of the
+// first pass's mask (ignores stray specks).
+#define SEGICL_BOX_LARGEST_BLOB 0
+
+// [`SegiclOptions::refine_box_rule`]: the box surrounds every foreground pixel of the first
+// pass's mask (for a target the first pass splits into several blobs).
+#define SEGICL_BOX_ALL_BLOBS 1
+
 // Backend to run on.
 typedef enum {
   // The best one present (today: the CPU).
@@ -66,6 +74,11 @@ typedef struct SegiclEngine SegiclEngine;
 typedef struct SegiclSession SegiclSession;
 
 // Options of [`segicl_engine_open`]; start from [`segicl_options_default`].
+//
+// The struct only grows, at the end; `struct_size` says which version the caller compiled:
+// 20 (version 1: `struct_size` … `roi`; the later fields take their defaults) or
+// `sizeof(SegiclOptions)` of this header. The fields after `roi` are ordered so that the struct
+// has no padding on 32- and 64-bit targets.
 typedef struct {
   // `sizeof(SegiclOptions)` as the caller compiled it.
   uint32_t struct_size;
@@ -78,6 +91,22 @@ typedef struct {
   // Two-pass ROI refinement for small structures (optic disc, cup): 1 on (margin 0.5 of the
   // predicted box's larger side, crops of at least 64 pixels; a frame costs two passes), 0 off.
   uint32_t roi;
+  // The box the refiner is prompted with: [`SEGICL_BOX_LARGEST_BLOB`] (0, default) or
+  // [`SEGICL_BOX_ALL_BLOBS`] (1). With the gate on, the rule tried first.
+  uint32_t refine_box_rule;
+  // Path of a refiner file (a pretrained promptable segmenter, e.g. LiteMedSAM), opened by
+  // [`segicl_engine_open`] with the same backend and threads (a refiner runs on the CPU: the
+  // CUDA backend is refused); every session of the engine then redraws its masks' boundaries
+  // from a box around them. NULL (default): no refinement. Read only during the call.
+  const char *refiner_path;
+  // Margin added around the box on each side, as a fraction 0..=1 of its width and height;
+  // negative (default -1): the refiner's own margin.
+  float refine_margin;
+  // 1 (default): per task, choose the box rule and margin on the shots, or skip refinement
+  // where it does not beat the first pass on them (needs two or three distinct shots; costs a
+  // refinement per shot and candidate when the shots change); 0: always refine with
+  // `refine_box_rule` and `refine_margin`.
+  uint32_t refine_gate;
 } SegiclOptions;
 
 // A caller-owned image: `height` rows of `width` pixels, rows `stride_bytes` apart.
@@ -119,14 +148,18 @@ uint32_t segicl_abi_version(void);
 // The library version, e.g. "0.1.0" (static storage).
 const char *segicl_version(void);
 
-// Default options: auto backend, 1 thread, the engine's threshold, no ROI.
+// Default options: auto backend, 1 thread, the engine's threshold, no ROI, no refiner (and,
+// for when one is set: the largest blob's box, the refiner's margin, the gate on).
 SegiclOptions segicl_options_default(void);
 
-// Opens, verifies and prepares the engine file at `path`; `opts` NULL means defaults.
-// On success writes the engine to `*out` (free it with [`segicl_engine_free`]).
+// Opens, verifies and prepares the engine file at `path`, and the refiner file at
+// `opts->refiner_path` if set; `opts` NULL means defaults. On success writes the engine to
+// `*out` (free it with [`segicl_engine_free`]). A refiner that cannot be opened fails the call
+// (`SEGICL_ERR_IO`, `SEGICL_ERR_CORRUPT_ENGINE`, …) with a message naming its file.
 //
 // # Safety
-// `path` is a NUL-terminated string; `opts` is NULL or a valid `SegiclOptions`; `out` is a
+// `path` is a NUL-terminated string; `opts` is NULL or points to a `SegiclOptions` of at least
+// its `struct_size` bytes whose `refiner_path` is NULL or a NUL-terminated string; `out` is a
 // writable pointer.
 SegiclStatus segicl_engine_open(const char *path, const SegiclOptions *opts, SegiclEngine **out);
 

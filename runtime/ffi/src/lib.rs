@@ -16,7 +16,10 @@ use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Mutex, Once};
 
-use segicl::{BackendChoice, Engine, EngineOptions, Error, ImageView, MaskMut, PixelFormat, RoiOptions, Session};
+use segicl::{
+    BackendChoice, BoxRule, Engine, EngineOptions, Error, ImageView, MaskMut, PixelFormat, RefineOptions, Refiner,
+    RoiOptions, Session,
+};
 
 /// ABI version: bumped on any incompatible change of the functions or structs below.
 pub const SEGICL_ABI_VERSION: u32 = 1;
@@ -102,7 +105,20 @@ pub struct SegiclMask {
     pub stride_bytes: u32,
 }
 
+/// [`SegiclOptions::refine_box_rule`]: the box surrounds the largest 8-connected blob of the
+/// first pass's mask (ignores stray specks).
+pub const SEGICL_BOX_LARGEST_BLOB: u32 = 0;
+
+/// [`SegiclOptions::refine_box_rule`]: the box surrounds every foreground pixel of the first
+/// pass's mask (for a target the first pass splits into several blobs).
+pub const SEGICL_BOX_ALL_BLOBS: u32 = 1;
+
 /// Options of [`segicl_engine_open`]; start from [`segicl_options_default`].
+///
+/// The struct only grows, at the end; `struct_size` says which version the caller compiled:
+/// 20 (version 1: `struct_size` … `roi`; the later fields take their defaults) or
+/// `sizeof(SegiclOptions)` of this header. The fields after `roi` are ordered so that the struct
+/// has no padding on 32- and 64-bit targets.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct SegiclOptions {
@@ -117,6 +133,22 @@ pub struct SegiclOptions {
     /// Two-pass ROI refinement for small structures (optic disc, cup): 1 on (margin 0.5 of the
     /// predicted box's larger side, crops of at least 64 pixels; a frame costs two passes), 0 off.
     pub roi: u32,
+    /// The box the refiner is prompted with: [`SEGICL_BOX_LARGEST_BLOB`] (0, default) or
+    /// [`SEGICL_BOX_ALL_BLOBS`] (1). With the gate on, the rule tried first.
+    pub refine_box_rule: u32,
+    /// Path of a refiner file (a pretrained promptable segmenter, e.g. LiteMedSAM), opened by
+    /// [`segicl_engine_open`] with the same backend and threads (a refiner runs on the CPU: the
+    /// CUDA backend is refused); every session of the engine then redraws its masks' boundaries
+    /// from a box around them. NULL (default): no refinement. Read only during the call.
+    pub refiner_path: *const c_char,
+    /// Margin added around the box on each side, as a fraction 0..=1 of its width and height;
+    /// negative (default -1): the refiner's own margin.
+    pub refine_margin: f32,
+    /// 1 (default): per task, choose the box rule and margin on the shots, or skip refinement
+    /// where it does not beat the first pass on them (needs two or three distinct shots; costs a
+    /// refinement per shot and candidate when the shots change); 0: always refine with
+    /// `refine_box_rule` and `refine_margin`.
+    pub refine_gate: u32,
 }
 
 /// [`SegiclImage`] as this library reads it: the enum as the integer the caller stored, so that
@@ -131,10 +163,11 @@ struct RawImage {
     format: u32,
 }
 
-/// [`SegiclOptions`] as this library reads it (see [`RawImage`]).
+/// The first version of [`SegiclOptions`] (`struct_size` 20), as this library reads it (see
+/// [`RawImage`]).
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct RawOptions {
+struct RawOptionsV1 {
     struct_size: u32,
     backend: u32,
     threads: u32,
@@ -142,10 +175,36 @@ struct RawOptions {
     roi: u32,
 }
 
+/// [`SegiclOptions`] as this library reads it: version 1, then the refinement fields.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct RawOptions {
+    v1: RawOptionsV1,
+    refine_box_rule: u32,
+    refiner_path: *const c_char,
+    refine_margin: f32,
+    refine_gate: u32,
+}
+
+/// `struct_size` of version 1 of [`SegiclOptions`].
+const OPTIONS_V1_SIZE: usize = 20;
+
 const _: () = {
-    use std::mem::{align_of, size_of};
+    use std::mem::{align_of, offset_of, size_of};
     assert!(size_of::<RawImage>() == size_of::<SegiclImage>() && align_of::<RawImage>() == align_of::<SegiclImage>());
-    assert!(size_of::<RawOptions>() == size_of::<SegiclOptions>());
+    assert!(size_of::<RawOptionsV1>() == OPTIONS_V1_SIZE);
+    assert!(
+        size_of::<RawOptions>() == size_of::<SegiclOptions>()
+            && align_of::<RawOptions>() == align_of::<SegiclOptions>()
+    );
+    assert!(offset_of!(SegiclOptions, roi) == offset_of!(RawOptionsV1, roi));
+    assert!(offset_of!(SegiclOptions, refine_box_rule) == OPTIONS_V1_SIZE);
+    assert!(offset_of!(SegiclOptions, refine_box_rule) == offset_of!(RawOptions, refine_box_rule));
+    assert!(offset_of!(SegiclOptions, refiner_path) == offset_of!(RawOptions, refiner_path));
+    assert!(offset_of!(SegiclOptions, refine_margin) == offset_of!(RawOptions, refine_margin));
+    assert!(offset_of!(SegiclOptions, refine_gate) == offset_of!(RawOptions, refine_gate));
+    // No padding anywhere: every byte of the struct is a field.
+    assert!(size_of::<SegiclOptions>() == OPTIONS_V1_SIZE + 12 + size_of::<*const c_char>());
     assert!(size_of::<SegiclPixelFormat>() == 4 && size_of::<SegiclBackend>() == 4);
 };
 
@@ -154,6 +213,7 @@ pub struct SegiclEngine {
     engine: Engine,
     threshold: Option<f32>,
     roi: Option<RoiOptions>,
+    refine: Option<(Refiner, RefineOptions)>,
 }
 
 /// A session (opaque): one stream's context and buffers.
@@ -300,33 +360,53 @@ pub extern "C" fn segicl_version() -> *const c_char {
     concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
 }
 
-fn default_options() -> RawOptions {
+/// The refinement fields of [`segicl_options_default`], after the version-1 fields `v1`.
+fn with_refine_defaults(v1: RawOptionsV1) -> RawOptions {
     RawOptions {
+        v1,
+        refine_box_rule: SEGICL_BOX_LARGEST_BLOB,
+        refiner_path: std::ptr::null(),
+        refine_margin: -1.0,
+        refine_gate: 1,
+    }
+}
+
+fn default_options() -> RawOptions {
+    with_refine_defaults(RawOptionsV1 {
         struct_size: std::mem::size_of::<SegiclOptions>() as u32,
         backend: SegiclBackend::SEGICL_BACKEND_AUTO as u32,
         threads: 1,
         threshold: 0.0,
         roi: 0,
-    }
+    })
 }
 
-/// Default options: auto backend, 1 thread, the engine's threshold, no ROI.
+/// Default options: auto backend, 1 thread, the engine's threshold, no ROI, no refiner (and,
+/// for when one is set: the largest blob's box, the refiner's margin, the gate on).
 #[no_mangle]
 pub extern "C" fn segicl_options_default() -> SegiclOptions {
+    let d = default_options();
     SegiclOptions {
-        struct_size: std::mem::size_of::<SegiclOptions>() as u32,
+        struct_size: d.v1.struct_size,
         backend: SegiclBackend::SEGICL_BACKEND_AUTO,
-        threads: 1,
-        threshold: 0.0,
-        roi: 0,
+        threads: d.v1.threads,
+        threshold: d.v1.threshold,
+        roi: d.v1.roi,
+        refine_box_rule: d.refine_box_rule,
+        refiner_path: d.refiner_path,
+        refine_margin: d.refine_margin,
+        refine_gate: d.refine_gate,
     }
 }
 
-/// Opens, verifies and prepares the engine file at `path`; `opts` NULL means defaults.
-/// On success writes the engine to `*out` (free it with [`segicl_engine_free`]).
+/// Opens, verifies and prepares the engine file at `path`, and the refiner file at
+/// `opts->refiner_path` if set; `opts` NULL means defaults. On success writes the engine to
+/// `*out` (free it with [`segicl_engine_free`]). A refiner that cannot be opened fails the call
+/// (`SEGICL_ERR_IO`, `SEGICL_ERR_CORRUPT_ENGINE`, …) with a message naming its file.
 ///
 /// # Safety
-/// `path` is a NUL-terminated string; `opts` is NULL or a valid `SegiclOptions`; `out` is a
+/// `path` is a NUL-terminated string; `opts` is NULL or points to a `SegiclOptions` of at least
+/// its `struct_size` bytes whose `refiner_path` is NULL or a NUL-terminated string; `out` is a
 /// writable pointer.
 #[no_mangle]
 pub unsafe extern "C" fn segicl_engine_open(
@@ -340,19 +420,19 @@ pub unsafe extern "C" fn segicl_engine_open(
         }
         let path = unsafe { text(path, "path") }?;
         let opts = if opts.is_null() { default_options() } else { unsafe { read_options(opts) }? };
-        let backend = match opts.backend {
+        let backend = match opts.v1.backend {
             0 => BackendChoice::Auto,
             1 => BackendChoice::Cpu,
             2 => BackendChoice::Cuda,
             3 => return Err(Failure(SEGICL_ERR_UNSUPPORTED, "the TensorRT backend is not in this build".into())),
             other => return Err(invalid(format!("backend {other} is not one of SEGICL_BACKEND_*"))),
         };
-        let roi = match opts.roi {
+        let roi = match opts.v1.roi {
             0 => None,
             1 => Some(RoiOptions::default()),
             other => return Err(invalid(format!("roi {other} is neither 0 (off) nor 1 (on)"))),
         };
-        let t = opts.threshold;
+        let t = opts.v1.threshold;
         let threshold = if t == 0.0 {
             None
         } else if t > 0.0 && t < 1.0 {
@@ -360,28 +440,75 @@ pub unsafe extern "C" fn segicl_engine_open(
         } else {
             return Err(invalid(format!("threshold {t} is not 0 (engine default) or strictly between 0 and 1")));
         };
+        let refine_options = refine_options(&opts)?;
+        let refiner_path =
+            if opts.refiner_path.is_null() { None } else { Some(unsafe { text(opts.refiner_path, "refiner_path") }?) };
         install_logger();
-        let options = EngineOptions { backend, threads: opts.threads.max(1) as usize };
+        let options = EngineOptions { backend, threads: opts.v1.threads.max(1) as usize };
         let engine = Engine::open(path, &options)?;
-        unsafe { out.write(Box::into_raw(Box::new(SegiclEngine { engine, threshold, roi }))) };
+        let refine = match refiner_path {
+            None => None,
+            Some(file) => {
+                let refiner = Refiner::open(file, &options).map_err(|e| refiner_failure(file, e))?;
+                Some((refiner, refine_options))
+            }
+        };
+        unsafe { out.write(Box::into_raw(Box::new(SegiclEngine { engine, threshold, roi, refine }))) };
         Ok(())
     })
 }
 
-/// Reads the caller's options, which may be an older (shorter) struct.
+/// The refinement fields of `opts` as [`RefineOptions`], checked whether or not a refiner is set.
+fn refine_options(opts: &RawOptions) -> Result<RefineOptions, Failure> {
+    let rule = match opts.refine_box_rule {
+        SEGICL_BOX_LARGEST_BLOB => BoxRule::LargestBlob,
+        SEGICL_BOX_ALL_BLOBS => BoxRule::AllBlobs,
+        other => {
+            return Err(invalid(format!(
+                "refine_box_rule {other} is neither 0 (SEGICL_BOX_LARGEST_BLOB) nor 1 (SEGICL_BOX_ALL_BLOBS)"
+            )))
+        }
+    };
+    let gate = match opts.refine_gate {
+        0 => false,
+        1 => true,
+        other => return Err(invalid(format!("refine_gate {other} is neither 0 (always refine) nor 1 (gate on)"))),
+    };
+    let m = opts.refine_margin;
+    let margin = if m < 0.0 { None } else { Some(m) };
+    let options = RefineOptions { rule, margin, gate, ..RefineOptions::default() };
+    options.check()?;
+    Ok(options)
+}
+
+/// A failure to open the refiner at `path`, its message naming the file.
+fn refiner_failure(path: &str, e: Error) -> Failure {
+    let Failure(status, message) = Failure::from(e);
+    let message = match message.strip_prefix(path) {
+        Some(rest) => format!("refiner {path}{rest}"),
+        None => format!("refiner {path}: {message}"),
+    };
+    Failure(status, message)
+}
+
+/// Reads the caller's options: version 1 (`struct_size` 20, the later fields take their
+/// defaults) or this version; any other size is refused.
 ///
 /// # Safety
 /// `opts` points to at least `struct_size` readable bytes laid out as `SegiclOptions`.
 unsafe fn read_options(opts: *const SegiclOptions) -> Result<RawOptions, Failure> {
-    let opts = opts.cast::<RawOptions>();
-    let size = unsafe { opts.cast::<u32>().read() } as usize;
-    if size < std::mem::size_of::<SegiclOptions>() {
-        return Err(invalid(format!(
-            "options.struct_size is {size}; this library needs {} (start from segicl_options_default())",
-            std::mem::size_of::<SegiclOptions>()
-        )));
+    let size = unsafe { opts.cast::<u32>().read_unaligned() } as usize;
+    let current = std::mem::size_of::<SegiclOptions>();
+    if size == current {
+        Ok(unsafe { opts.cast::<RawOptions>().read_unaligned() })
+    } else if size == OPTIONS_V1_SIZE {
+        Ok(with_refine_defaults(unsafe { opts.cast::<RawOptionsV1>().read_unaligned() }))
+    } else {
+        Err(invalid(format!(
+            "options.struct_size is {size}, not a size this library knows: {OPTIONS_V1_SIZE} (version 1) or \
+             {current} (this version); start from segicl_options_default()"
+        )))
     }
-    Ok(unsafe { opts.read() })
 }
 
 /// Frees an engine; NULL is a no-op. Free its sessions first.
@@ -411,6 +538,7 @@ pub unsafe extern "C" fn segicl_session_new(engine: *const SegiclEngine, out: *m
             session.set_threshold(t)?;
         }
         session.set_roi(engine.roi)?;
+        session.set_refiner(engine.refine.as_ref().map(|(refiner, options)| (refiner, *options)))?;
         unsafe { out.write(Box::into_raw(Box::new(SegiclSession { session }))) };
         Ok(())
     })

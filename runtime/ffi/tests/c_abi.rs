@@ -1,11 +1,13 @@
 //! Builds `tests/c/abi_test.c` against the freshly built `libsegicl.so`, runs it (under valgrind
-//! when it is on PATH) and checks that the masks it wrote match the Rust API's, byte for byte.
+//! when it is on PATH) on the prototype engine and the stand-in refiner, and checks that the masks
+//! it wrote match the Rust API's, byte for byte.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
 use segicl::synthetic::Task;
+use segicl::{BoxRule, EngineOptions, RefineOptions, Refiner};
 use segicl_tests::{prototype, prototype_path, sample, segment, set_shots};
 
 const SHOT_SEEDS: [u64; 3] = [1, 2, 3];
@@ -72,6 +74,8 @@ fn c_program_matches_the_rust_api() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let (w, h) = write_inputs(dir);
+    let refiner_path = dir.join("refiner.plan");
+    std::fs::write(&refiner_path, segicl_models::box_refiner::file().unwrap()).unwrap();
 
     // The library's SONAME is libsegicl.so.1, which cargo does not lay out: the loader finds it
     // through a link in DIR/lib, as an install would provide it.
@@ -105,7 +109,7 @@ fn c_program_matches_the_rust_api() {
     };
     println!("running abi_test {}", if valgrind { "under valgrind" } else { "without valgrind (not on PATH)" });
     let start = Instant::now();
-    let out = cmd.arg(dir).arg(prototype_path()).output().expect("abi_test runs");
+    let out = cmd.arg(dir).arg(prototype_path()).arg(&refiner_path).output().expect("abi_test runs");
     println!("abi_test took {:.1} s", start.elapsed().as_secs_f64());
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -137,4 +141,31 @@ fn c_program_matches_the_rust_api() {
         let got = std::fs::read(dir.join(format!("c_roi_mask{i}.raw"))).unwrap();
         assert!(got == want.data, "c_roi_mask{i}.raw differs from the Rust API's ROI mask");
     }
+
+    // The refined masks: one shot (the box rule, no gate), three shots with the gate, and three
+    // with every field of the C options set.
+    let refiner = Refiner::open(&refiner_path, &EngineOptions::default()).unwrap();
+    let refined = |name: &str, shots: &[u64], options: RefineOptions| {
+        let mut session = engine.session().unwrap();
+        session.set_refiner(Some((&refiner, options))).unwrap();
+        set_shots(&mut session, Task::UsLesion, shots);
+        let mut boxes = 0;
+        for (i, &seed) in FRAME_SEEDS.iter().enumerate() {
+            let (frame, _) = sample(Task::UsLesion, seed);
+            let want = segment(&mut session, &frame);
+            boxes += usize::from(session.last_refine_box().is_some());
+            let got = std::fs::read(dir.join(format!("{name}{i}.raw"))).unwrap();
+            assert_eq!(got.len(), w * h, "{name}{i}.raw size");
+            assert!(got == want.data, "{name}{i}.raw differs from the Rust API's refined mask");
+        }
+        boxes
+    };
+    let one_shot = refined("c_refined1_mask", &SHOT_SEEDS[..1], RefineOptions::default());
+    assert!(one_shot > 0, "with one shot, no frame was refined");
+    let gated = refined("c_refined_mask", &SHOT_SEEDS, RefineOptions::default());
+    println!("refined with the gate on: {gated} of {} frames", FRAME_SEEDS.len());
+    let all_blobs =
+        RefineOptions { rule: BoxRule::AllBlobs, margin: Some(0.1), gate: false, ..RefineOptions::default() };
+    let always = refined("c_refined_opts_mask", &SHOT_SEEDS, all_blobs);
+    assert_eq!(always, FRAME_SEEDS.len(), "with the gate off, every frame is refined");
 }

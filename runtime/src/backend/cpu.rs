@@ -9,9 +9,10 @@ use tract_onnx::tract_core::tract_linalg::multithread::Executor;
 use super::{Backend, Runner};
 use crate::error::{Error, Result};
 use crate::format::{EngineFile, Tag};
-use crate::manifest::{Direction, Graph, Manifest};
+use crate::manifest::{Direction, Graph, Manifest, TensorSpec};
 
-type Plan = Arc<TypedRunnableModel>;
+/// A graph optimised for this CPU.
+pub(crate) type Plan = Arc<TypedRunnableModel>;
 
 /// Both graphs of an engine, optimised for this CPU.
 pub struct CpuBackend {
@@ -53,10 +54,9 @@ impl CpuBackend {
             }
             _ => {}
         }
-        let executor = (threads > 1).then(|| Executor::multithread(threads));
-        let options = RunOptions { executor, ..Default::default() };
-        let (encoder, enc_in, enc_out) = load(file, manifest, Graph::Encoder, &options)?;
-        let (decoder, dec_in, _) = load(file, manifest, Graph::Decoder, &options)?;
+        let options = run_options(threads);
+        let (encoder, enc_in, enc_out) = load(&engine_graph(file, manifest, Graph::Encoder), &options)?;
+        let (decoder, dec_in, _) = load(&engine_graph(file, manifest, Graph::Decoder), &options)?;
         let ctx_output = enc_out.iter().position(|n| n == "ctx").expect("checked by load");
         let features: Vec<&String> = enc_out.iter().filter(|n| *n != "ctx").collect();
         let decoder_inputs = dec_in
@@ -85,39 +85,57 @@ impl CpuBackend {
     }
 }
 
-fn graph_name(graph: Graph) -> &'static str {
-    match graph {
-        Graph::Encoder => "encoder",
-        Graph::Decoder => "decoder",
+/// One ONNX graph to load and the rows of a tensor table that describe its inputs and outputs.
+pub(crate) struct GraphSource<'a> {
+    /// The graph's name in errors (`encoder`, `refiner decoder`).
+    pub name: &'static str,
+    /// The section that holds it, in errors (`ENCODER`).
+    pub section: &'static str,
+    /// ONNX bytes.
+    pub bytes: &'a [u8],
+    /// Its inputs, with their static shapes.
+    pub inputs: Vec<&'a TensorSpec>,
+    /// Its outputs.
+    pub outputs: Vec<&'a TensorSpec>,
+}
+
+/// Run options for `threads` CPU threads (tract's multithreaded matrix products above 1).
+pub(crate) fn run_options(threads: usize) -> RunOptions {
+    let executor = (threads > 1).then(|| Executor::multithread(threads));
+    RunOptions { executor, ..Default::default() }
+}
+
+/// One graph of an engine, with its rows of the manifest's tensor table.
+fn engine_graph<'a>(file: &'a EngineFile, manifest: &'a Manifest, graph: Graph) -> GraphSource<'a> {
+    let (name, section, tag) = match graph {
+        Graph::Encoder => ("encoder", "ENCODER", Tag::ENCODER),
+        Graph::Decoder => ("decoder", "DECODER", Tag::DECODER),
+    };
+    GraphSource {
+        name,
+        section,
+        bytes: file.section(tag).expect("verified engines have both graphs"),
+        inputs: manifest.tensors(graph, Direction::Input).collect(),
+        outputs: manifest.tensors(graph, Direction::Output).collect(),
     }
 }
 
-/// Loads one graph, fixes its input shapes from the manifest, checks every input and output
-/// against the tensor table and optimises it. Returns the plan and its input and output names,
-/// in the graph's order.
-fn load(
-    file: &EngineFile,
-    manifest: &Manifest,
-    graph: Graph,
-    options: &RunOptions,
-) -> Result<(Plan, Vec<String>, Vec<String>)> {
-    let name = graph_name(graph);
-    let (tag, onnx_err) = match graph {
-        Graph::Encoder => (Tag::ENCODER, "ENCODER"),
-        Graph::Decoder => (Tag::DECODER, "DECODER"),
-    };
-    let bytes = file.section(tag).expect("verified engines have both graphs");
+/// Loads one graph, fixes its input shapes from the tensor table, checks every input and output
+/// against it and optimises it. Returns the plan and its input and output names, in the graph's
+/// order.
+pub(crate) fn load(source: &GraphSource, options: &RunOptions) -> Result<(Plan, Vec<String>, Vec<String>)> {
+    let name = source.name;
     let fail = |what: String| Error::contract(name, what);
     let mut model = tract_onnx::onnx()
-        .model_for_read(&mut &bytes[..])
-        .map_err(|e| fail(format!("section {onnx_err} is not a loadable ONNX graph: {e:#}")))?;
+        .model_for_read(&mut &source.bytes[..])
+        .map_err(|e| fail(format!("section {} is not a loadable ONNX graph: {e:#}", source.section)))?;
     let inputs: Vec<String> = model
         .input_outlets()
         .map_err(|e| fail(e.to_string()))?
         .iter()
         .map(|o| model.node(o.node).name.clone())
         .collect();
-    let expected: Vec<_> = manifest.tensors(graph, Direction::Input).collect();
+    let expected = &source.inputs;
     for input in &inputs {
         if !expected.iter().any(|t| &t.name == input) {
             return Err(fail(format!("graph input `{input}` is not in the manifest's tensor table")));
@@ -127,7 +145,7 @@ fn load(
         let spec = expected.iter().find(|t| &t.name == input).expect("checked above");
         model.set_input_fact(ix, f32::fact(&spec.shape).into()).map_err(|e| fail(format!("input `{input}`: {e}")))?;
     }
-    for spec in &expected {
+    for spec in expected {
         if !inputs.contains(&spec.name) {
             return Err(fail(format!("the manifest lists input `{}` but the graph has no such input", spec.name)));
         }
@@ -136,8 +154,9 @@ fn load(
     let mut outputs = Vec::new();
     for outlet in typed.output_outlets().map_err(|e| fail(e.to_string()))? {
         let label = typed.outlet_label(*outlet).unwrap_or(&typed.node(outlet.node).name).to_string();
-        let spec = manifest
-            .tensors(graph, Direction::Output)
+        let spec = source
+            .outputs
+            .iter()
             .find(|t| t.name == label)
             .ok_or_else(|| fail(format!("graph output `{label}` is not in the manifest's tensor table")))?;
         let fact = typed.outlet_fact(*outlet).map_err(|e| fail(e.to_string()))?;
@@ -150,7 +169,7 @@ fn load(
         }
         outputs.push(label);
     }
-    for spec in manifest.tensors(graph, Direction::Output) {
+    for spec in &source.outputs {
         if !outputs.contains(&spec.name) {
             return Err(fail(format!("the manifest lists output `{}` but the graph has no such output", spec.name)));
         }
@@ -197,17 +216,17 @@ struct CpuRunner {
     ctx_valid: Arc<Tensor>,
 }
 
-fn run_err(graph: &str, e: TractError) -> Error {
+pub(crate) fn run_err(graph: &str, e: TractError) -> Error {
     Error::Backend { backend: "cpu", what: format!("{graph} failed: {e:#}") }
 }
 
-fn input_tensor(shape: &[usize]) -> Result<Arc<Tensor>> {
+pub(crate) fn input_tensor(shape: &[usize]) -> Result<Arc<Tensor>> {
     Tensor::zero::<f32>(shape).map(Arc::new).map_err(|e| run_err("input", e))
 }
 
 /// Copies `data` into the input tensor `slot` and returns a value sharing it. The tensor is
 /// reused from run to run: tract releases its reference when a run ends.
-fn fill(slot: &mut Arc<Tensor>, data: &[f32]) -> Result<TValue> {
+pub(crate) fn fill(slot: &mut Arc<Tensor>, data: &[f32]) -> Result<TValue> {
     if Arc::get_mut(slot).is_none() {
         *slot = Arc::new(slot.as_ref().clone());
     }

@@ -1,9 +1,10 @@
 /* abi_test.c: exercises the C ABI of libsegicl (segicl.h) from C, as firmware would.
  *
- * Usage: abi_test DIR ENGINE
+ * Usage: abi_test DIR ENGINE REFINER
  *   DIR holds meta.txt ("W H"), shot{0,1,2}.gray/.mask and frame{0..3}.gray (gray8, W×H), as
- *   written by runtime/ffi/tests/c_abi.rs. The masks of the frames are written to
- *   DIR/c_mask{i}.raw. Exits 0 only if every check passed.
+ *   written by runtime/ffi/tests/c_abi.rs; REFINER is its stand-in refiner file (the refined
+ *   mask is the box it is prompted with). The masks of the frames are written to DIR/c_*.raw for
+ *   c_abi.rs to compare with the Rust API's. Exits 0 only if every check passed.
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -17,7 +18,7 @@
 #define N_THREADS 4
 
 static int passed, failed;
-static const char *engine_path;
+static const char *engine_path, *refiner_path;
 static uint32_t W, H;
 static uint8_t *shot_img[N_SHOTS], *shot_mask[N_SHOTS], *frames[N_FRAMES];
 static uint8_t *ref_masks[N_FRAMES]; /* packed W×H masks of the single session */
@@ -84,13 +85,13 @@ static SegiclImage gray(const uint8_t *data) {
   return img;
 }
 
-/* Sets the shots and segments every frame into `out[i]` (packed W×H, caller-allocated), through
- * a mask of stride W+3. Returns the number of failed calls. */
-static int run_session(const SegiclEngine *e, uint8_t **out) {
+/* Sets shots 0..n_shots-1 and segments every frame into `out[i]` (packed W×H, caller-allocated),
+ * through a mask of stride W+3. Returns the number of failed calls. */
+static int run_shots(const SegiclEngine *e, uint32_t n_shots, uint8_t **out) {
   int bad = 0;
   SegiclSession *s = NULL;
   if (segicl_session_new(e, &s) != SEGICL_OK) return 1;
-  for (uint32_t i = 0; i < N_SHOTS; i++) {
+  for (uint32_t i = 0; i < n_shots; i++) {
     SegiclImage img = gray(shot_img[i]), mask = gray(shot_mask[i]);
     if (segicl_set_shot(s, i, &img, &mask) != SEGICL_OK) bad++;
   }
@@ -116,6 +117,90 @@ static int run_session(const SegiclEngine *e, uint8_t **out) {
   return bad;
 }
 
+/* run_shots with all N_SHOTS shots. */
+static int run_session(const SegiclEngine *e, uint8_t **out) { return run_shots(e, N_SHOTS, out); }
+
+/* Writes masks[0..N_FRAMES-1] to DIR/PREFIX{i}.raw and frees them. */
+static void write_masks(const char *dir, const char *prefix, uint8_t **masks) {
+  char name[64];
+  for (int i = 0; i < N_FRAMES; i++) {
+    snprintf(name, sizeof name, "%s%d.raw", prefix, i);
+    write_file(dir, name, masks[i], (size_t)W * H);
+    free(masks[i]);
+  }
+}
+
+/* A box of mask pixels: first and last column and row, inclusive. */
+typedef struct {
+  uint32_t x0, y0, x1, y1;
+} Box;
+
+/* The box of every foreground pixel of a packed W×H mask; 0 if it has none. */
+static int fg_box(const uint8_t *m, Box *b) {
+  int any = 0;
+  for (uint32_t y = 0; y < H; y++)
+    for (uint32_t x = 0; x < W; x++) {
+      if (!m[(size_t)y * W + x]) continue;
+      if (!any) *b = (Box){x, y, x, y};
+      any = 1;
+      if (x < b->x0) b->x0 = x;
+      if (x > b->x1) b->x1 = x;
+      if (y < b->y0) b->y0 = y;
+      if (y > b->y1) b->y1 = y;
+    }
+  return any;
+}
+
+/* The box of the largest 8-connected blob of a packed W×H mask (the first in raster order on a
+ * tie), as the refiner's default box rule finds it; 0 if the mask is empty. */
+static int largest_blob_box(const uint8_t *m, Box *best) {
+  size_t n = (size_t)W * H, best_size = 0;
+  uint8_t *seen = calloc(n, 1);
+  uint32_t *stack = malloc(n * sizeof *stack);
+  for (size_t start = 0; start < n; start++) {
+    if (!m[start] || seen[start]) continue;
+    size_t top = 0, size = 0;
+    Box b = {(uint32_t)(start % W), (uint32_t)(start / W), (uint32_t)(start % W), (uint32_t)(start / W)};
+    stack[top++] = (uint32_t)start;
+    seen[start] = 1;
+    while (top > 0) {
+      uint32_t p = stack[--top], x = p % W, y = p / W;
+      size++;
+      if (x < b.x0) b.x0 = x;
+      if (x > b.x1) b.x1 = x;
+      if (y < b.y0) b.y0 = y;
+      if (y > b.y1) b.y1 = y;
+      for (int dy = -1; dy <= 1; dy++)
+        for (int dx = -1; dx <= 1; dx++) {
+          long nx = (long)x + dx, ny = (long)y + dy;
+          if (nx < 0 || ny < 0 || nx >= (long)W || ny >= (long)H) continue;
+          size_t q = (size_t)ny * W + (size_t)nx;
+          if (m[q] && !seen[q]) {
+            seen[q] = 1;
+            stack[top++] = (uint32_t)q;
+          }
+        }
+    }
+    if (size > best_size) {
+      best_size = size;
+      *best = b;
+    }
+  }
+  free(stack);
+  free(seen);
+  return best_size > 0;
+}
+
+/* Foreground pixels of a packed W×H mask inside box `b`. */
+static size_t fg_in(const uint8_t *m, Box b) {
+  size_t fg = 0;
+  for (uint32_t y = b.y0; y <= b.y1; y++)
+    for (uint32_t x = b.x0; x <= b.x1; x++) fg += m[(size_t)y * W + x] != 0;
+  return fg;
+}
+
+static uint32_t gap(uint32_t a, uint32_t b) { return a > b ? a - b : b - a; }
+
 struct worker {
   const SegiclEngine *engine;
   uint8_t *masks[N_FRAMES];
@@ -137,12 +222,13 @@ static void count_log(int level, const char *msg, void *user) {
 }
 
 int main(int argc, char **argv) {
-  if (argc != 3) {
-    fprintf(stderr, "usage: %s DIR ENGINE\n", argv[0]);
+  if (argc != 4) {
+    fprintf(stderr, "usage: %s DIR ENGINE REFINER\n", argv[0]);
     return 2;
   }
   const char *dir = argv[1];
   engine_path = argv[2];
+  refiner_path = argv[3];
   {
     char path[4096];
     snprintf(path, sizeof path, "%s/meta.txt", dir);
@@ -206,12 +292,103 @@ int main(int argc, char **argv) {
     uint8_t *roi_masks[N_FRAMES];
     for (int i = 0; i < N_FRAMES; i++) roi_masks[i] = calloc(n, 1);
     CHECK(roi_engine && run_session(roi_engine, roi_masks) == 0, "ROI session failed");
-    for (int i = 0; i < N_FRAMES; i++) {
-      snprintf(name, sizeof name, "c_roi_mask%d.raw", i);
-      write_file(dir, name, roi_masks[i], n);
-      free(roi_masks[i]);
-    }
     segicl_engine_free(roi_engine);
+
+    /* a caller built against version 1 of the header: a 20-byte struct (on the heap, so that
+     * valgrind sees any read past it) without the refinement fields, which take their defaults */
+    typedef struct {
+      uint32_t struct_size;
+      SegiclBackend backend;
+      uint32_t threads;
+      float threshold;
+      uint32_t roi;
+    } SegiclOptionsV1;
+    SegiclOptionsV1 *v1 = malloc(sizeof *v1);
+    *v1 = (SegiclOptionsV1){sizeof *v1, SEGICL_BACKEND_AUTO, 1, 0.0f, 1};
+    CHECK(sizeof *v1 == 20, "version 1 options are %zu bytes", sizeof *v1);
+    SegiclEngine *v1_engine = NULL;
+    EXPECT_OK(segicl_engine_open(engine_path, (const SegiclOptions *)v1, &v1_engine), "open(version 1 options)");
+    free(v1);
+    uint8_t *v1_masks[N_FRAMES];
+    for (int i = 0; i < N_FRAMES; i++) v1_masks[i] = calloc(n, 1);
+    CHECK(v1_engine && run_session(v1_engine, v1_masks) == 0, "version 1 session failed");
+    int same = 1;
+    for (int i = 0; i < N_FRAMES; i++) same &= memcmp(v1_masks[i], roi_masks[i], n) == 0;
+    CHECK(same, "version 1 options (roi 1) give other masks than roi 1");
+    segicl_engine_free(v1_engine);
+    for (int i = 0; i < N_FRAMES; i++) free(v1_masks[i]);
+    write_masks(dir, "c_roi_mask", roi_masks);
+  }
+
+  /* --- refinement: the stand-in refiner's mask is the box it is prompted with --- */
+  {
+    SegiclOptions o = segicl_options_default();
+    CHECK(o.refiner_path == NULL && o.refine_box_rule == SEGICL_BOX_LARGEST_BLOB && o.refine_margin < 0.0f &&
+              o.refine_gate == 1,
+          "refinement defaults: path %p, rule %u, margin %g, gate %u", (const void *)o.refiner_path,
+          o.refine_box_rule, (double)o.refine_margin, o.refine_gate);
+    o.refiner_path = refiner_path;
+    SegiclEngine *re = NULL;
+    EXPECT_OK(segicl_engine_open(engine_path, &o, &re), "open(refiner)");
+
+    /* one shot: the gate has nothing to choose on, so every mask is refined with the largest
+     * blob's box: a filled rectangle over pass 1's largest blob (the unrefined mask) */
+    uint8_t *plain[N_FRAMES], *refined[N_FRAMES];
+    for (int i = 0; i < N_FRAMES; i++) {
+      plain[i] = calloc(n, 1);
+      refined[i] = calloc(n, 1);
+    }
+    CHECK(run_shots(e, 1, plain) == 0, "unrefined one-shot session failed");
+    CHECK(re && run_shots(re, 1, refined) == 0, "refined one-shot session failed");
+    /* the refiner's 64×64 logits are upsampled bilinearly to the frame: its box edges land
+     * within one input pixel (plus rounding) of pass 1's, and its corners may be rounded */
+    uint32_t tol = (W > H ? W : H) / 64 + 1;
+    int rectangles = 0;
+    for (int i = 0; i < N_FRAMES; i++) {
+      Box blob, r;
+      int has_blob = largest_blob_box(plain[i], &blob), has_fg = fg_box(refined[i], &r);
+      CHECK(has_blob == has_fg, "frame %d: pass 1 %s, refined %s", i, has_blob ? "has a blob" : "is empty",
+            has_fg ? "is not empty" : "is empty");
+      if (!has_blob || !has_fg) continue;
+      size_t area = (size_t)(r.x1 - r.x0 + 1) * (r.y1 - r.y0 + 1), fg = fg_in(refined[i], r);
+      Box row = {r.x0, (r.y0 + r.y1) / 2, r.x1, (r.y0 + r.y1) / 2};
+      Box column = {(r.x0 + r.x1) / 2, r.y0, (r.x0 + r.x1) / 2, r.y1};
+      int filled = fg * 100 >= area * 98 && fg_in(refined[i], row) == r.x1 - r.x0 + 1 &&
+                   fg_in(refined[i], column) == r.y1 - r.y0 + 1;
+      CHECK(filled, "frame %d: refined mask fills %zu of its %zu-pixel box", i, fg, area);
+      CHECK(gap(r.x0, blob.x0) <= tol && gap(r.x1, blob.x1) <= tol && gap(r.y0, blob.y0) <= tol &&
+                gap(r.y1, blob.y1) <= tol,
+            "frame %d: refined box %u,%u..%u,%u is not pass 1's largest blob's %u,%u..%u,%u", i, r.x0, r.y0, r.x1,
+            r.y1, blob.x0, blob.y0, blob.x1, blob.y1);
+      CHECK(memcmp(plain[i], refined[i], n) != 0, "frame %d: refinement changed nothing", i);
+      rectangles += filled;
+    }
+    CHECK(rectangles > 0, "no frame was refined into a rectangle");
+    for (int i = 0; i < N_FRAMES; i++) free(plain[i]);
+    write_masks(dir, "c_refined1_mask", refined);
+
+    /* three shots with the gate on (the Rust side compares the masks with its own) */
+    for (int i = 0; i < N_FRAMES; i++) refined[i] = calloc(n, 1);
+    CHECK(re && run_session(re, refined) == 0, "refined session failed");
+    write_masks(dir, "c_refined_mask", refined);
+    segicl_engine_free(re);
+
+    /* the other fields: every blob's box, a margin, no gate */
+    o.refine_box_rule = SEGICL_BOX_ALL_BLOBS;
+    o.refine_margin = 0.1f;
+    o.refine_gate = 0;
+    re = NULL;
+    EXPECT_OK(segicl_engine_open(engine_path, &o, &re), "open(refiner, all blobs, margin 0.1, no gate)");
+    for (int i = 0; i < N_FRAMES; i++) refined[i] = calloc(n, 1);
+    CHECK(re && run_session(re, refined) == 0, "refined session (all blobs, margin 0.1, no gate) failed");
+    for (int i = 0; i < N_FRAMES; i++) {
+      Box whole, r;
+      if (!fg_box(ref_masks[i], &whole)) continue;
+      CHECK(fg_box(refined[i], &r) && r.x0 <= whole.x0 && r.y0 <= whole.y0 && r.x1 >= whole.x1 && r.y1 >= whole.y1,
+            "frame %d: the all-blobs box with a margin does not cover pass 1's foreground", i);
+    }
+    write_masks(dir, "c_refined_opts_mask", refined);
+    segicl_engine_free(re);
   }
 
   /* --- threads: a session each on the shared engine, same answers --- */
@@ -252,10 +429,44 @@ int main(int argc, char **argv) {
     }
     EXPECT_ERR(segicl_engine_open(path, NULL, &bad), SEGICL_ERR_CORRUPT_ENGINE, "open(junk file)");
 
+    /* refiner files that cannot be refiners: the message names the file */
+    SegiclOptions r = segicl_options_default();
+    snprintf(path, sizeof path, "%s/no-such-refiner.plan", dir);
+    r.refiner_path = path;
+    EXPECT_ERR(segicl_engine_open(engine_path, &r, &bad), SEGICL_ERR_IO, "open(missing refiner)");
+    CHECK(strstr(segicl_last_error(), path) != NULL, "missing refiner: \"%s\" does not name it", segicl_last_error());
+    r.refiner_path = engine_path;
+    EXPECT_ERR(segicl_engine_open(engine_path, &r, &bad), SEGICL_ERR_CORRUPT_ENGINE, "open(engine as refiner)");
+    CHECK(strstr(segicl_last_error(), engine_path) != NULL, "engine as refiner: \"%s\" does not name it",
+          segicl_last_error());
+    snprintf(path, sizeof path, "%s/junk.plan", dir);
+    r.refiner_path = path;
+    EXPECT_ERR(segicl_engine_open(engine_path, &r, &bad), SEGICL_ERR_CORRUPT_ENGINE, "open(junk refiner)");
+    CHECK(strstr(segicl_last_error(), path) != NULL, "junk refiner: \"%s\" does not name it", segicl_last_error());
+    r.refiner_path = refiner_path;
+    r.refine_box_rule = 7;
+    EXPECT_ERR(segicl_engine_open(engine_path, &r, &bad), SEGICL_ERR_INVALID_ARGUMENT, "open(refine_box_rule 7)");
+    r.refine_box_rule = SEGICL_BOX_LARGEST_BLOB;
+    r.refine_margin = 1.5f;
+    EXPECT_ERR(segicl_engine_open(engine_path, &r, &bad), SEGICL_ERR_INVALID_ARGUMENT, "open(refine_margin 1.5)");
+    r.refine_margin = -1.0f;
+    r.refine_gate = 2;
+    EXPECT_ERR(segicl_engine_open(engine_path, &r, &bad), SEGICL_ERR_INVALID_ARGUMENT, "open(refine_gate 2)");
+    r.refine_gate = 1;
+    r.backend = SEGICL_BACKEND_CUDA;
+    EXPECT_ERR(segicl_engine_open(engine_path, &r, &bad), SEGICL_ERR_BACKEND, "open(cuda, refiner)");
+
     SegiclOptions o = segicl_options_default();
     CHECK(o.struct_size == sizeof(SegiclOptions), "options_default struct_size %u", o.struct_size);
     o.struct_size = 4;
     EXPECT_ERR(segicl_engine_open(engine_path, &o, &bad), SEGICL_ERR_INVALID_ARGUMENT, "open(struct_size 4)");
+    CHECK(strstr(segicl_last_error(), "struct_size") != NULL, "struct_size 4: \"%s\"", segicl_last_error());
+    o.struct_size = 16; /* shorter than version 1 */
+    EXPECT_ERR(segicl_engine_open(engine_path, &o, &bad), SEGICL_ERR_INVALID_ARGUMENT, "open(struct_size 16)");
+    o.struct_size = 24; /* between version 1 and this version */
+    EXPECT_ERR(segicl_engine_open(engine_path, &o, &bad), SEGICL_ERR_INVALID_ARGUMENT, "open(struct_size 24)");
+    o.struct_size = sizeof(SegiclOptions) + 8; /* a newer header's */
+    EXPECT_ERR(segicl_engine_open(engine_path, &o, &bad), SEGICL_ERR_INVALID_ARGUMENT, "open(struct_size + 8)");
     o = segicl_options_default();
     *(uint32_t *)&o.backend = 99; /* what a caller with a newer header might pass */
     EXPECT_ERR(segicl_engine_open(engine_path, &o, &bad), SEGICL_ERR_INVALID_ARGUMENT, "open(backend 99)");

@@ -1,5 +1,6 @@
 //! `bench`: latency of each stage of a frame with cached shots, and of the uncached path
-//! (every shot re-encoded for every frame) as the baseline in the same run.
+//! (every shot re-encoded for every frame) as the baseline in the same run; with --refine, the
+//! refinement pass's stages and the gate.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -9,7 +10,7 @@ use segicl::backend::DeviceTimings;
 use segicl::synthetic::Task;
 use segicl::{MaskMut, OwnedImage, PixelFormat};
 
-use crate::Global;
+use crate::{Global, RefineArgs};
 use segicl::evaluation::synthetic_samples;
 
 /// Arguments of `bench`.
@@ -27,6 +28,13 @@ pub struct Args {
     /// Synthetic task whose frames and shots are used.
     #[arg(long, default_value = "us-lesion")]
     task: String,
+    /// Also time the refinement pass (every frame refined, whatever the gate says) and the gate.
+    #[command(flatten)]
+    refine: RefineArgs,
+    /// Timed refined frames (with --refine; the refiner's encoder costs about a second a frame
+    /// on one CPU core).
+    #[arg(long, default_value_t = 10, requires = "refine")]
+    refine_frames: usize,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -45,6 +53,68 @@ fn stats(samples: &[Duration]) -> Stats {
     ms.sort_by(f64::total_cmp);
     let pick = |q: f64| ms[((q * ms.len() as f64).ceil() as usize).clamp(1, ms.len()) - 1];
     Stats { p50: pick(0.5), p90: pick(0.9), p99: pick(0.99), mean: ms.iter().sum::<f64>() / ms.len() as f64 }
+}
+
+/// Times the refinement pass: the gate once per shot change, then `count` frames refined (the
+/// gate's decision overridden), each stage, and a frame whose embedding is memoised.
+fn refine_rows(
+    engine: &segicl::Engine,
+    refiner: &segicl::Refiner,
+    options: segicl::RefineOptions,
+    shots: &[segicl::evaluation::Labelled],
+    frames: &[segicl::evaluation::Labelled],
+    count: usize,
+) -> anyhow::Result<Vec<(&'static str, Stats)>> {
+    let mut session = engine.session()?;
+    session.set_refiner(Some((refiner, options)))?;
+    let mut gate = Vec::new();
+    for (slot, shot) in shots.iter().enumerate() {
+        session.set_shot(slot, &shot.image.view(), &shot.mask.view())?;
+    }
+    let started = Instant::now();
+    session.tune_refiner()?;
+    gate.push(started.elapsed());
+    session.set_refiner(Some((refiner, segicl::RefineOptions { gate: false, ..options })))?;
+    let (w, h) = (frames[0].image.width, frames[0].image.height);
+    let mut mask = OwnedImage::zeros(w, h, PixelFormat::Gray8);
+    let mut stages: [Vec<Duration>; 7] = Default::default();
+    for i in 0..count + 1 {
+        let frame = &frames[i % frames.len()].image;
+        let started = Instant::now();
+        session.segment(&frame.view(), &mut MaskMut::packed(&mut mask.data, w, h)?)?;
+        let total = started.elapsed();
+        let r = session.refine_timings().unwrap_or_default();
+        if i == 0 || session.last_refine_box().is_none() {
+            continue; // warm-up, or nothing to refine
+        }
+        let row = [r.boxing, r.preprocess, r.encoder, r.decoder, r.postprocess, session.timings().refine, total];
+        for (stage, t) in stages.iter_mut().zip(row) {
+            stage.push(t);
+        }
+    }
+    if stages[6].is_empty() {
+        bail!("pass 1 found nothing to refine on the bench frames");
+    }
+    let mut memoised = Vec::new();
+    let frame = &frames[0].image;
+    for _ in 0..5 {
+        let started = Instant::now();
+        session.segment(&frame.view(), &mut MaskMut::packed(&mut mask.data, w, h)?)?;
+        memoised.push(started.elapsed());
+    }
+    let names = [
+        "refine: box",
+        "refine: preprocess",
+        "refine: image encoder",
+        "refine: prompt/mask decoder",
+        "refine: postprocess",
+        "refine: all stages",
+        "frame refined (pass 1 + refine)",
+    ];
+    let mut rows: Vec<_> = names.into_iter().zip(stages.iter().map(|s| stats(s))).collect();
+    rows.push(("frame refined, embedding memoised", stats(&memoised)));
+    rows.push(("refine gate (once per change of shots)", stats(&gate)));
+    Ok(rows)
 }
 
 /// Peak resident set size of this process in MiB (Linux), if known.
@@ -126,6 +196,9 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
         ]);
     }
     let cached_fps = 1e3 / rows[4].1.mean;
+    if let Some((refiner, options)) = args.refine.open(global, 4)? {
+        rows.extend(refine_rows(&engine, &refiner, options, &shots, &frames, args.refine_frames)?);
+    }
     let uncached_fps = 1e3 / rows[6].1.mean;
     let ratio = rows[6].1.p50 / rows[4].1.p50;
     let rss = peak_rss_mib();
@@ -153,9 +226,9 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
         args.frames,
         task.name()
     );
-    println!("{:<36} {:>8} {:>8} {:>8} {:>8}", "stage", "p50 ms", "p90 ms", "p99 ms", "mean ms");
+    println!("{:<40} {:>8} {:>8} {:>8} {:>8}", "stage", "p50 ms", "p90 ms", "p99 ms", "mean ms");
     for (name, s) in &rows {
-        println!("{name:<36} {:>8.3} {:>8.3} {:>8.3} {:>8.3}", s.p50, s.p90, s.p99, s.mean);
+        println!("{name:<40} {:>8.3} {:>8.3} {:>8.3} {:>8.3}", s.p50, s.p90, s.p99, s.mean);
     }
     println!(
         "frames/s cached {cached_fps:.1}, uncached {uncached_fps:.1}; uncached/cached frame time (p50) {ratio:.2}×"

@@ -1,5 +1,6 @@
 //! `demo`: the bundled engine on bundled samples — the real default shots stored in the engine
-//! (each one segmented from the other two) and synthetic frames: overlays and a Dice table.
+//! (each one segmented from the other two) and synthetic frames: overlays and a Dice table; and
+//! one task refined by the bundled refiner (the refinement pass), against pass 1 alone.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,7 +10,7 @@ use segicl::dataset::save_png;
 use segicl::metrics::mean_std;
 use segicl::synthetic::{self, SceneKind, Task};
 
-use crate::{draw, Global};
+use crate::{bundled, draw, Global, BUNDLED_REFINER};
 use segicl::evaluation::{score, synthetic_samples, Labelled};
 
 /// Arguments of `demo`.
@@ -18,6 +19,9 @@ pub struct Args {
     /// Folder for the overlays (created if missing).
     #[arg(long, default_value = "out/demo")]
     out: PathBuf,
+    /// Skip the refined task (its refiner costs about a second a frame on one CPU core).
+    #[arg(long)]
+    no_refine: bool,
 }
 
 /// Seeds of the demo's shots and queries (none is a default-shot seed of the engine).
@@ -53,7 +57,47 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
     }
     task_switch(&mut session, &args)?;
     default_shots(&mut session, &args)?;
+    if !args.no_refine {
+        refined(global, &engine, &args)?;
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The task the demo refines.
+const REFINED_TASK: Task = Task::FundusDisc;
+
+/// One synthetic task with 3 shots, pass 1 alone and refined by the bundled refiner.
+fn refined(global: &Global, engine: &segicl::Engine, args: &Args) -> anyhow::Result<()> {
+    let refiner = segicl::Refiner::open(bundled(BUNDLED_REFINER), &global.options)?;
+    let mut session = engine.session()?;
+    session.set_refiner(Some((&refiner, segicl::RefineOptions::default())))?;
+    let mut plain = engine.session()?;
+    for (slot, shot) in synthetic_samples(REFINED_TASK, SHOT_SEED, 3).iter().enumerate() {
+        session.set_shot(slot, &shot.image.view(), &shot.mask.view())?;
+        plain.set_shot(slot, &shot.image.view(), &shot.mask.view())?;
+    }
+    let report = session.tune_refiner()?.expect("a refiner is set").clone();
+    println!(
+        "refinement pass ({}, on the {} backend) on {}:",
+        refiner.manifest().name,
+        refiner.backend_name(),
+        REFINED_TASK.name()
+    );
+    println!("  {}", crate::segment::gate_summary(&report));
+    let (mut first, mut refined) = (Vec::new(), Vec::new());
+    for (i, query) in synthetic_samples(REFINED_TASK, QUERY_SEED, QUERIES).iter().enumerate() {
+        first.push(score(&mut plain, query)?.0.dice);
+        let (o, pred) = score(&mut session, query)?;
+        refined.push(o.dice);
+        let path = args.out.join(format!("refined-{}-{i}.png", REFINED_TASK.name()));
+        save_png(&path, &draw::overlay(&query.image, &pred.data, Some(&query.mask.data)))?;
+    }
+    println!(
+        "  {QUERIES} queries, 3 shots: Dice pass 1 {:.3}, refined {:.3}",
+        mean_std(&first).0,
+        mean_std(&refined).0
+    );
+    Ok(())
 }
 
 /// Each default shot of each named task segmented with the task's other shots as context.

@@ -1,6 +1,7 @@
 //! `eval`: mean and spread of Dice and IoU over a folder of image/mask pairs (or synthetic
 //! samples), for each shot count, over random draws of shots; every other pair is a query. On
-//! the same draws: the model in ROI mode (--roi) and two baselines, copy-shots (the mean of the
+//! the same draws: the model in ROI mode (--roi), the model refined (--refine: its masks redrawn
+//! by the refiner where the gate keeps it on) and two baselines, copy-shots (the mean of the
 //! shots' masks) and the prototype engine.
 
 use std::path::PathBuf;
@@ -17,7 +18,7 @@ use segicl::metrics::{mean_std, overlap, Overlap};
 use segicl::synthetic::Task;
 use segicl::{Engine, ImageView, MaskMut, Session};
 
-use crate::{bundled, Global, RoiArgs, PROTOTYPE_ENGINE};
+use crate::{bundled, Global, RefineArgs, RoiArgs, PROTOTYPE_ENGINE};
 
 /// Arguments of `eval`.
 #[derive(clap::Args)]
@@ -47,6 +48,10 @@ pub struct Args {
     /// With --roi, the model is scored both without and with ROI mode, on the same draws.
     #[command(flatten)]
     roi: RoiArgs,
+    /// With --refine, the model is scored both without and with refinement, on the same draws
+    /// (in ROI mode too with --roi).
+    #[command(flatten)]
+    refine: RefineArgs,
     /// Engine of the prototype baseline (default: the bundled models/prototype.plan).
     #[arg(long, value_name = "PATH")]
     baseline_engine: Option<PathBuf>,
@@ -100,6 +105,8 @@ struct Row {
     model: Scores,
     /// The model in ROI mode (with --roi).
     roi: Option<Scores>,
+    /// The model refined (with --refine), and on how many draws the gate kept refinement on.
+    refine: Option<(Scores, usize)>,
     /// copy-shots and prototype (unless --no-baselines).
     baselines: Option<[Scores; 2]>,
 }
@@ -132,6 +139,7 @@ impl Prototype {
 struct Methods {
     model: Session,
     roi: Option<Session>,
+    refine: Option<Session>,
     prototype: Option<Prototype>,
 }
 
@@ -142,15 +150,21 @@ impl Methods {
             shots,
             model: Scores::default(),
             roi: self.roi.as_ref().map(|_| Scores::default()),
+            refine: self.refine.as_ref().map(|_| (Scores::default(), 0)),
             baselines: self.prototype.as_ref().map(|_| Default::default()),
         }
     }
 
-    /// Replaces the context of every session with the shots `chosen` of `data`.
-    fn set_shots(&mut self, data: &[Labelled], chosen: &[usize]) -> anyhow::Result<()> {
-        let others = [self.roi.as_mut(), self.prototype.as_mut().and_then(|p| p.session.as_mut())];
+    /// Replaces the context of every session with the shots `chosen` of `data`; counts in `row`
+    /// whether the refinement gate keeps refinement on for them.
+    fn set_shots(&mut self, data: &[Labelled], chosen: &[usize], row: &mut Row) -> anyhow::Result<()> {
+        let others =
+            [self.roi.as_mut(), self.refine.as_mut(), self.prototype.as_mut().and_then(|p| p.session.as_mut())];
         for session in std::iter::once(&mut self.model).chain(others.into_iter().flatten()) {
             set_shots(session, data, chosen).with_context(|| format!("shots {chosen:?}"))?;
+        }
+        if let (Some(s), Some((_, on))) = (self.refine.as_mut(), row.refine.as_mut()) {
+            *on += s.tune_refiner()?.is_some_and(|r| r.chosen.is_some()) as usize;
         }
         Ok(())
     }
@@ -160,6 +174,9 @@ impl Methods {
         let (o, _) = score(&mut self.model, query)?;
         row.model.push(o);
         if let (Some(s), Some(scores)) = (self.roi.as_mut(), row.roi.as_mut()) {
+            scores.push(score(s, query)?.0);
+        }
+        if let (Some(s), Some((scores, _))) = (self.refine.as_mut(), row.refine.as_mut()) {
             scores.push(score(s, query)?.0);
         }
         if let (Some(p), Some([copy, proto])) = (self.prototype.as_mut(), row.baselines.as_mut()) {
@@ -198,14 +215,24 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
+    // Every image is a query or a shot in some draw: keep all their refiner embeddings.
+    let refine = match args.refine.open(global, data.len().min(256))? {
+        Some((refiner, options)) => {
+            let mut s = engine.session()?;
+            s.set_roi(args.roi.options())?;
+            s.set_refiner(Some((&refiner, options)))?;
+            Some(s)
+        }
+        None => None,
+    };
     let prototype = match args.no_baselines {
         true => None,
         false => Some(Prototype::open(global, args.baseline_engine.as_ref(), &engine)?),
     };
-    let mut methods = Methods { model: engine.session()?, roi, prototype };
+    let mut methods = Methods { model: engine.session()?, roi, refine, prototype };
     if let Some(t) = args.threshold {
         methods.model.set_threshold(t)?;
-        if let Some(s) = methods.roi.as_mut() {
+        for s in [methods.roi.as_mut(), methods.refine.as_mut()].into_iter().flatten() {
             s.set_threshold(t)?;
         }
     }
@@ -220,7 +247,7 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
         let mut row = methods.row(k);
         for _ in 0..args.draws {
             let chosen = sample(&mut rng, data.len(), k).into_vec();
-            methods.set_shots(&data, &chosen)?;
+            methods.set_shots(&data, &chosen, &mut row)?;
             let shot_masks: Vec<ImageView> = chosen.iter().map(|&i| data[i].mask.view()).collect();
             for (i, query) in data.iter().enumerate().filter(|(i, _)| !chosen.contains(i)) {
                 methods.score(query, &shot_masks, &mut row).with_context(|| format!("query {i}"))?;
@@ -241,6 +268,10 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
                 if let Some(roi) = &r.roi {
                     row["roi"] = roi.json();
                 }
+                if let Some((refine, on)) = &r.refine {
+                    row["refine"] = refine.json();
+                    row["refine"]["gate_on"] = (*on as f64 / args.draws as f64).into();
+                }
                 if let Some(baselines) = &r.baselines {
                     row["baselines"] =
                         BASELINES.iter().zip(baselines).map(|(n, s)| (n.to_string(), s.json())).collect();
@@ -252,6 +283,8 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
             "engine": engine.path(), "data": source, "draws": args.draws, "seed": args.seed,
             "threshold": args.threshold.unwrap_or(engine.manifest().threshold),
             "roi": methods.roi.as_ref().and_then(Session::roi), "baseline_engine": baseline_engine,
+            "refiner": methods.refine.as_ref().and_then(Session::refiner)
+                .map(|(r, o)| serde_json::json!({"path": r.path(), "options": o})),
             "results": results,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -270,6 +303,9 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
     if methods.roi.is_some() {
         header.push_str("  roi dice   roi std");
     }
+    if methods.refine.is_some() {
+        header.push_str("  refined  refined std  gate on");
+    }
     if methods.prototype.is_some() {
         header.push_str("  copy-shots  prototype");
     }
@@ -280,6 +316,10 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
         if let Some(roi) = &r.roi {
             let (dm, ds, _) = roi.summary();
             line.push_str(&format!("  {dm:>8.3}  {ds:>8.3}"));
+        }
+        if let Some((refine, on)) = &r.refine {
+            let (dm, ds, _) = refine.summary();
+            line.push_str(&format!("  {dm:>7.3}  {ds:>11.3}  {:>4}/{}", on, args.draws));
         }
         if let Some([copy, proto]) = &r.baselines {
             line.push_str(&format!("  {:>10.3}  {:>9.3}", copy.summary().0, proto.summary().0));

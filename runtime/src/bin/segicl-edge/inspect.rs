@@ -1,10 +1,12 @@
-//! `inspect`: what an engine file holds, without preparing any backend.
+//! `inspect`: what an engine (or refiner) file holds, without preparing any backend.
 
 use std::process::ExitCode;
 
+use segicl::format::Layout;
+use segicl::refine::RefinerMetadata;
 use segicl::EngineMetadata;
 
-use crate::Global;
+use crate::{Global, RefinerArg};
 
 /// Arguments of `inspect`.
 #[derive(clap::Args)]
@@ -12,23 +14,105 @@ pub struct Args {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    refiner: RefinerArg,
+}
+
+/// The section table as JSON rows.
+fn sections_json(layout: &Layout) -> Vec<serde_json::Value> {
+    layout
+        .sections
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "tag": s.tag.name(), "offset": s.offset, "length": s.length,
+                "crc32": format!("{:08x}", s.crc32), "required": s.flags & segicl::format::FLAG_REQUIRED != 0,
+            })
+        })
+        .collect()
+}
+
+/// The section table as text.
+fn print_sections(layout: &Layout) {
+    println!("sections");
+    for s in &layout.sections {
+        println!(
+            "  {:<9} offset {:>9}  length {:>9}  crc32 {:08x}{}",
+            s.tag.name(),
+            s.offset,
+            s.length,
+            s.crc32,
+            if s.flags & segicl::format::FLAG_REQUIRED != 0 { "  required" } else { "" }
+        );
+    }
+}
+
+/// The tensor table as text.
+fn print_tensors(tensors: &[segicl::manifest::TensorSpec]) {
+    println!("tensors");
+    for t in tensors {
+        println!(
+            "  {:<8} {:<7} {:<10} {:?} {:?}",
+            format!("{:?}", t.graph),
+            format!("{:?}", t.direction),
+            t.name,
+            t.dtype,
+            t.shape
+        );
+    }
+}
+
+/// What a refiner file holds.
+fn refiner(path: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
+    let meta = RefinerMetadata::open(path)?;
+    let (layout, m) = (meta.file.layout(), &meta.manifest);
+    if json {
+        let out = serde_json::json!({
+            "path": meta.file.path(), "size": meta.file.len(), "kind": "refiner",
+            "format": format!("{}.{}", layout.major, layout.minor),
+            "sections": sections_json(layout), "manifest": m, "card": meta.card(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{}: refiner, format {}.{}, {} bytes",
+        meta.file.path().display(),
+        layout.major,
+        layout.minor,
+        meta.file.len()
+    );
+    println!("model      {} {}", m.name, m.version);
+    println!(
+        "input      {}² ({:?}), colour={:?} normalisation={:?}; logits {}²",
+        m.input_size,
+        m.resize,
+        m.colour,
+        m.normalisation,
+        m.output_size()
+    );
+    println!(
+        "box        (x0, y0, x1, y1) in input pixels, default margin {} of its size; threshold {}",
+        m.box_margin, m.threshold
+    );
+    println!("precision  encoder {:?}, decoder {:?}", m.precision.encoder, m.precision.decoder);
+    print_tensors(&m.tensors);
+    print_sections(layout);
+    if let Some(card) = meta.card() {
+        println!("card  {}", card.lines().next().unwrap_or(""));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
+    if let Some(path) = args.refiner.path() {
+        return refiner(&path, args.json);
+    }
     let meta = EngineMetadata::open(&global.engine)?;
     let layout = meta.file.layout();
     let m = &meta.manifest;
     if args.json {
-        let sections: Vec<_> = layout
-            .sections
-            .iter()
-            .map(|s| {
-                serde_json::json!({
-                    "tag": s.tag.name(), "offset": s.offset, "length": s.length,
-                    "crc32": format!("{:08x}", s.crc32), "required": s.flags & segicl::format::FLAG_REQUIRED != 0,
-                })
-            })
-            .collect();
+        let sections = sections_json(layout);
         let out = serde_json::json!({
             "path": meta.file.path(), "size": meta.file.len(),
             "format": format!("{}.{}", layout.major, layout.minor),
@@ -60,28 +144,8 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
         let method = format!("{:?}", c.method).to_lowercase();
         println!("calibration {method} on {} pairs; in float: {float}", c.pairs);
     }
-    println!("tensors");
-    for t in &m.tensors {
-        println!(
-            "  {:<8} {:<7} {:<10} {:?} {:?}",
-            format!("{:?}", t.graph),
-            format!("{:?}", t.direction),
-            t.name,
-            t.dtype,
-            t.shape
-        );
-    }
-    println!("sections");
-    for s in &layout.sections {
-        println!(
-            "  {:<9} offset {:>9}  length {:>9}  crc32 {:08x}{}",
-            s.tag.name(),
-            s.offset,
-            s.length,
-            s.crc32,
-            if s.flags & segicl::format::FLAG_REQUIRED != 0 { "  required" } else { "" }
-        );
-    }
+    print_tensors(&m.tensors);
+    print_sections(layout);
     let tasks: Vec<String> = meta.shots.tasks.iter().map(|(n, s)| format!("{n} ({})", s.len())).collect();
     println!("default shots  {}", if tasks.is_empty() { "none".into() } else { tasks.join(", ") });
     if let Some(card) = meta.card() {

@@ -7,6 +7,7 @@ mod draw;
 mod eval;
 mod inspect;
 mod pack;
+mod pack_refiner;
 mod segment;
 mod synth;
 mod verify;
@@ -15,12 +16,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use segicl::{BackendChoice, Engine, EngineOptions, RoiOptions};
+use segicl::{BackendChoice, BoxRule, Engine, EngineOptions, RefineOptions, Refiner, RoiOptions};
 
 /// The engine the repository ships, used when --engine is not given.
 pub const BUNDLED_ENGINE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/segicl-ref.plan");
 /// The training-free prototype engine: `eval`'s baseline when --baseline-engine is not given.
 pub const PROTOTYPE_ENGINE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/prototype.plan");
+
+/// The refiner the repository ships (LiteMedSAM, int8 weights), used when --refiner is not given.
+pub const BUNDLED_REFINER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/litemedsam-int8.refiner");
 
 /// A bundled engine's path, without the `..` when it can be resolved.
 pub fn bundled(path: &str) -> PathBuf {
@@ -53,10 +57,12 @@ enum Command {
     Segment(segment::Args),
     /// Show an engine's header, sections, manifest and default shots.
     Inspect(inspect::Args),
-    /// Check every checksum of an engine and load its graphs; exit 1 on any failure.
-    Verify,
+    /// Check every checksum of an engine (or refiner) and load its graphs; exit 1 on any failure.
+    Verify(verify::Args),
     /// Pack a manifest and two ONNX graphs (plus card and default shots) into an engine.
     Pack(pack::Args),
+    /// Pack a refiner's manifest and two ONNX graphs (plus card) into a refiner file.
+    PackRefiner(pack_refiner::Args),
     /// Time the encoder, decoder and whole frame with cached shots, against the uncached path.
     Bench(bench::Args),
     /// Dice and IoU over a folder of image/mask pairs (or a synthetic task) with 1, 2, 3 shots.
@@ -84,6 +90,64 @@ impl RoiArgs {
     pub fn options(&self) -> Option<RoiOptions> {
         let default = RoiOptions::default();
         self.roi.then(|| RoiOptions { margin: self.roi_margin.unwrap_or(default.margin), ..default })
+    }
+}
+
+/// The refinement pass, for `segment`, `eval` and `bench`.
+#[derive(clap::Args)]
+pub struct RefineArgs {
+    /// Redraw each mask with the refiner (LiteMedSAM) from a box around it; per task, the shots
+    /// decide the box rule and margin, or that refinement stays off.
+    #[arg(long)]
+    refine: bool,
+    /// Refiner file (with --refine; default: the bundled models/litemedsam-int8.refiner).
+    #[arg(long, value_name = "FILE", requires = "refine")]
+    refiner: Option<PathBuf>,
+    /// Box rule with one shot or --no-gate, tried first by the gate: largest-blob or all-blobs.
+    #[arg(long, value_name = "RULE", requires = "refine")]
+    box_rule: Option<BoxRule>,
+    /// Margin of that box on each side, as a fraction of its width and height (default: the
+    /// refiner's, 0.05 for LiteMedSAM).
+    #[arg(long, value_name = "M", requires = "refine", allow_negative_numbers = true)]
+    refine_margin: Option<f32>,
+    /// Always refine with --box-rule and --refine-margin: no choice per task on the shots.
+    #[arg(long, requires = "refine")]
+    no_gate: bool,
+}
+
+impl RefineArgs {
+    /// The refiner and the session's options, `None` without --refine; `memo_frames` frames keep
+    /// their embeddings.
+    pub fn open(&self, global: &Global, memo_frames: usize) -> anyhow::Result<Option<(Refiner, RefineOptions)>> {
+        if !self.refine {
+            return Ok(None);
+        }
+        let path = self.refiner.clone().unwrap_or_else(|| bundled(BUNDLED_REFINER));
+        let refiner = Refiner::open(&path, &global.options)?;
+        let options = RefineOptions {
+            rule: self.box_rule.unwrap_or(BoxRule::LargestBlob),
+            margin: self.refine_margin,
+            gate: !self.no_gate,
+            memo_frames,
+        };
+        options.check()?;
+        Ok(Some((refiner, options)))
+    }
+}
+
+/// `--refiner [FILE]` of `inspect` and `verify`: look at a refiner file instead of the engine.
+#[derive(clap::Args)]
+pub struct RefinerArg {
+    /// Inspect or verify a refiner file instead of the engine (without FILE: the bundled
+    /// models/litemedsam-int8.refiner).
+    #[arg(long, value_name = "FILE", num_args = 0..=1)]
+    refiner: Option<Option<PathBuf>>,
+}
+
+impl RefinerArg {
+    /// The refiner file named, if --refiner was given.
+    pub fn path(&self) -> Option<PathBuf> {
+        self.refiner.as_ref().map(|p| p.clone().unwrap_or_else(|| bundled(BUNDLED_REFINER)))
     }
 }
 
@@ -118,8 +182,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Segment(args) => segment::run(&global, args),
         Command::Inspect(args) => inspect::run(&global, args),
-        Command::Verify => verify::run(&global),
+        Command::Verify(args) => verify::run(&global, args),
         Command::Pack(args) => pack::run(args),
+        Command::PackRefiner(args) => pack_refiner::run(args),
         Command::Bench(args) => bench::run(&global, args),
         Command::Eval(args) => eval::run(&global, args),
         Command::Demo(args) => demo::run(&global, args),

@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use segicl::dataset::{load_image, load_mask, save_png};
 use segicl::{MaskMut, OwnedImage, PixelFormat};
 
-use crate::{draw, Global, RoiArgs};
+use crate::{draw, Global, RefineArgs, RoiArgs};
 
 /// Arguments of `segment`.
 #[derive(clap::Args)]
@@ -33,6 +33,8 @@ pub struct Args {
     threshold: Option<f32>,
     #[command(flatten)]
     roi: RoiArgs,
+    #[command(flatten)]
+    refine: RefineArgs,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -43,6 +45,22 @@ fn parse_shot(spec: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
         Some((image, mask)) if !image.is_empty() && !mask.is_empty() => Ok((image.into(), mask.into())),
         _ => bail!("--shot `{spec}`: expected IMAGE=MASK"),
     }
+}
+
+/// One line saying what the refinement gate decided for the shots.
+pub fn gate_summary(report: &segicl::refine::GateReport) -> String {
+    let chosen = match report.chosen {
+        Some(c) => format!("refining with the {} box, margin {}", c.rule.name(), c.margin),
+        None => "refinement off for these shots".to_string(),
+    };
+    if report.shots == 0 {
+        return format!("refine: {chosen} (not tuned: one shot, or --no-gate)");
+    }
+    let best = report.candidates.iter().map(|(_, d)| *d).fold(f64::NEG_INFINITY, f64::max);
+    format!(
+        "refine: {chosen} (on the {} shots, each from the others: pass 1 Dice {:.3}, best refined {best:.3})",
+        report.shots, report.pass1
+    )
 }
 
 fn stem(path: &Path) -> String {
@@ -66,6 +84,8 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
         session.set_threshold(t)?;
     }
     session.set_roi(args.roi.options())?;
+    let refiner = args.refine.open(global, 4)?;
+    session.set_refiner(refiner.as_ref().map(|(r, o)| (r, *o)))?;
     if let Some(task) = &args.task {
         session.use_default_shots(task)?;
     }
@@ -74,6 +94,11 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
         let image = load_image(&image_path)?;
         let mask = load_mask(&mask_path)?;
         session.set_shot(slot, &image.view(), &mask.view()).with_context(|| format!("shot {} ({spec})", slot + 1))?;
+    }
+    if let Some(report) = session.tune_refiner()? {
+        if !args.json {
+            println!("{}", gate_summary(report));
+        }
     }
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let mut results = Vec::new();
@@ -95,14 +120,19 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
         };
         let fraction = mask.data.iter().filter(|&&v| v != 0).count() as f64 / mask.data.len() as f64;
         let crop = session.last_crop();
+        let refine_box = session.last_refine_box();
         if !args.json {
             let crop_note = match crop {
                 Some(c) => format!(", ROI crop {}×{} at ({}, {})", c.width, c.height, c.x, c.y),
                 None if session.roi().is_some() => ", ROI: nothing found in pass 1".to_string(),
                 None => String::new(),
             };
+            let refine_note = match refine_box {
+                Some(b) => format!(", refined in box ({:.0}, {:.0})–({:.0}, {:.0})", b.x0, b.y0, b.x1, b.y1),
+                None => String::new(),
+            };
             println!(
-                "{} → {} ({}×{}, foreground {:.1}%{crop_note}, {ms:.1} ms)",
+                "{} → {} ({}×{}, foreground {:.1}%{crop_note}{refine_note}, {ms:.1} ms)",
                 query.display(),
                 mask_path.display(),
                 frame.width,
@@ -114,12 +144,15 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
             "query": query, "mask": mask_path, "overlay": overlay_path,
             "width": frame.width, "height": frame.height,
             "foreground_fraction": fraction, "ms": ms, "roi_crop": crop,
+            "refine_box": refine_box.map(|b| [b.x0, b.y0, b.x1, b.y1]),
         }));
     }
     if args.json {
         let out = serde_json::json!({
             "engine": engine.path(), "backend": engine.backend_name(),
-            "shots": session.shot_count(), "roi": session.roi(), "results": results,
+            "shots": session.shot_count(), "roi": session.roi(),
+            "refiner": session.refiner().map(|(r, o)| serde_json::json!({"path": r.path(), "options": o})),
+            "refine_gate": session.tune_refiner()?, "results": results,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
     }

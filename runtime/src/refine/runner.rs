@@ -1,0 +1,251 @@
+//! One session's refiner: its graph states and buffers, a memo of recent frames' embeddings, and
+//! the refinement of one mask. Buffers are sized when the session takes the refiner; the memo's
+//! entries and the blob search's scratch grow with the first frames, then are reused.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tract_onnx::prelude::*;
+
+use super::boxes::{BoxFinder, BoxRule, PixelBox};
+use super::Refiner;
+use crate::backend::cpu::{fill, input_tensor, run_err};
+use crate::error::Result;
+use crate::image::{ImageView, MaskMut, PixelFormat};
+use crate::postprocess::{region_to_mask, threshold_logit};
+use crate::preprocess::{frame_planes, normalise};
+
+/// Wall-clock time of the last refinement, by stage.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RefineTimings {
+    /// Finding the box in the first pass's mask.
+    pub boxing: Duration,
+    /// Resize, padding and normalisation of the frame (zero when its embedding was memoised).
+    pub preprocess: Duration,
+    /// The image encoder (zero when the frame's embedding was memoised).
+    pub encoder: Duration,
+    /// The prompt and mask decoder.
+    pub decoder: Duration,
+    /// Upsampling the refined logits to the frame and the threshold.
+    pub postprocess: Duration,
+}
+
+impl RefineTimings {
+    /// Sum of all stages.
+    pub fn total(&self) -> Duration {
+        self.boxing + self.preprocess + self.encoder + self.decoder + self.postprocess
+    }
+}
+
+/// A frame whose embedding is kept: its pixels (compared byte for byte) and the embedding.
+struct Memo {
+    width: usize,
+    height: usize,
+    format: PixelFormat,
+    pixels: Vec<u8>,
+    embedding: Vec<f32>,
+    last_used: u64,
+}
+
+impl Memo {
+    fn holds(&self, frame: &ImageView) -> bool {
+        let row = frame.width() * frame.format().bytes_per_pixel();
+        (self.width, self.height, self.format) == (frame.width(), frame.height(), frame.format())
+            && (0..frame.height()).all(|y| frame.row(y) == &self.pixels[y * row..(y + 1) * row])
+    }
+
+    fn keep(&mut self, frame: &ImageView) {
+        (self.width, self.height, self.format) = (frame.width(), frame.height(), frame.format());
+        self.pixels.clear();
+        for y in 0..frame.height() {
+            self.pixels.extend_from_slice(frame.row(y));
+        }
+    }
+}
+
+/// The refiner's graphs and buffers for one session.
+pub(crate) struct RefineRunner {
+    refiner: Refiner,
+    encoder: TypedSimpleState,
+    decoder: TypedSimpleState,
+    image: Arc<Tensor>,
+    embedding: Arc<Tensor>,
+    boxes: Arc<Tensor>,
+    /// The encoder's input, C planes of N×N.
+    input: Vec<f32>,
+    /// The resized frame's planes before padding.
+    planes: Vec<f32>,
+    /// The decoder's logits, M×M.
+    logits: Vec<f32>,
+    memo: Vec<Memo>,
+    capacity: usize,
+    clock: u64,
+    finder: BoxFinder,
+    cut: f32,
+    timings: RefineTimings,
+}
+
+impl RefineRunner {
+    /// A runner keeping the embeddings of up to `capacity` (≥ 1) recent frames.
+    pub(crate) fn new(refiner: Refiner, capacity: usize) -> Result<RefineRunner> {
+        let m = refiner.manifest();
+        let (n, c, out) = (m.input_size, m.colour.channels(), m.output_size());
+        let spec = |name| m.spec(crate::manifest::Graph::Decoder, crate::manifest::Direction::Input, name);
+        let backend_err = |e: TractError| crate::Error::Backend { backend: "cpu", what: e.to_string() };
+        Ok(RefineRunner {
+            encoder: refiner.0.encoder.spawn().map_err(backend_err)?,
+            decoder: refiner.0.decoder.spawn().map_err(backend_err)?,
+            image: input_tensor(&[1, c, n, n])?,
+            embedding: input_tensor(&spec("embedding").expect("validated").shape)?,
+            boxes: input_tensor(&[1, 4])?,
+            input: vec![0.0; c * n * n],
+            planes: vec![0.0; c * n * n],
+            logits: vec![0.0; out * out],
+            memo: Vec::with_capacity(capacity.max(1)),
+            capacity: capacity.max(1),
+            clock: 0,
+            finder: BoxFinder::new(),
+            cut: threshold_logit(m.threshold),
+            timings: RefineTimings::default(),
+            refiner,
+        })
+    }
+
+    /// The refiner this runner runs.
+    pub(crate) fn refiner(&self) -> &Refiner {
+        &self.refiner
+    }
+
+    /// The refiner's logits (M×M, the whole square) of the last refinement.
+    pub(crate) fn logits(&self) -> &[f32] {
+        &self.logits
+    }
+
+    /// Stage timings of the last [`RefineRunner::refine`].
+    pub(crate) fn timings(&self) -> RefineTimings {
+        self.timings
+    }
+
+    /// Replaces the foreground of `mask` (the first pass's, at `frame`'s size) by the refiner's
+    /// mask for the box around it by `rule`, grown by `margin`; returns that box. An empty mask
+    /// stays empty (`None`).
+    pub(crate) fn refine(
+        &mut self,
+        frame: &ImageView,
+        mask: &mut MaskMut,
+        rule: BoxRule,
+        margin: f32,
+    ) -> Result<Option<PixelBox>> {
+        let (w, h) = (frame.width(), frame.height());
+        debug_assert_eq!((mask.width(), mask.height()), (w, h));
+        let mut t = RefineTimings::default();
+        let started = Instant::now();
+        let found = self.finder.find(mask, rule);
+        t.boxing = started.elapsed();
+        let Some(rect) = found else {
+            self.timings = t;
+            return Ok(None);
+        };
+        let pixel_box = PixelBox::of(rect).with_margin(margin, w, h);
+        let entry = self.embed(frame, &mut t)?;
+        let started = Instant::now();
+        let m = self.refiner.manifest();
+        let (n, out) = (m.input_size as f32, m.output_size());
+        let scale = n / w.max(h) as f32;
+        let b = [pixel_box.x0 * scale, pixel_box.y0 * scale, pixel_box.x1 * scale, pixel_box.y1 * scale];
+        let embedding = fill(&mut self.embedding, &self.memo[entry].embedding)?;
+        let boxes = fill(&mut self.boxes, &b)?;
+        let refiner = &self.refiner.0;
+        let inputs = if refiner.embedding_first { tvec![embedding, boxes] } else { tvec![boxes, embedding] };
+        let outputs = self.decoder.run(inputs).map_err(|e| run_err("refiner decoder", e))?;
+        let logits = outputs[refiner.logits_output]
+            .try_as_plain_ram()
+            .and_then(|v| v.as_slice::<f32>())
+            .map_err(|e| run_err("refiner decoder", e))?;
+        self.logits.copy_from_slice(logits);
+        drop(outputs);
+        t.decoder = started.elapsed();
+        let started = Instant::now();
+        let (nw, nh) = fitted(w, h, m.input_size);
+        let region = |side: usize| (side * out).div_ceil(m.input_size).clamp(1, out);
+        region_to_mask(&self.logits, out, (region(nw), region(nh)), self.cut, mask);
+        t.postprocess = started.elapsed();
+        self.timings = t;
+        Ok(Some(pixel_box))
+    }
+
+    /// The memo entry holding `frame`'s embedding, running the encoder when no entry does.
+    fn embed(&mut self, frame: &ImageView, t: &mut RefineTimings) -> Result<usize> {
+        self.clock += 1;
+        if let Some(i) = self.memo.iter().position(|e| e.holds(frame)) {
+            self.memo[i].last_used = self.clock;
+            return Ok(i);
+        }
+        let started = Instant::now();
+        self.prepare(frame);
+        let image = fill(&mut self.image, &self.input)?;
+        t.preprocess = started.elapsed();
+        let started = Instant::now();
+        let outputs = self.encoder.run(tvec![image]).map_err(|e| run_err("refiner encoder", e))?;
+        let embedding = outputs[0]
+            .try_as_plain_ram()
+            .and_then(|v| v.as_slice::<f32>())
+            .map_err(|e| run_err("refiner encoder", e))?;
+        let slot = if self.memo.len() < self.capacity {
+            self.memo.push(Memo {
+                width: 0,
+                height: 0,
+                format: PixelFormat::Gray8,
+                pixels: Vec::new(),
+                embedding: vec![0.0; embedding.len()],
+                last_used: 0,
+            });
+            self.memo.len() - 1
+        } else {
+            (0..self.memo.len()).min_by_key(|&i| self.memo[i].last_used).expect("capacity ≥ 1")
+        };
+        let entry = &mut self.memo[slot];
+        entry.embedding.copy_from_slice(embedding);
+        entry.keep(frame);
+        entry.last_used = self.clock;
+        t.encoder = started.elapsed();
+        Ok(slot)
+    }
+
+    /// Writes the encoder's input for `frame`: resized to fit N×N with its aspect ratio, in the
+    /// top-left corner, normalised over the resized frame, zero elsewhere.
+    fn prepare(&mut self, frame: &ImageView) {
+        let m = self.refiner.manifest();
+        let (n, c) = (m.input_size, m.colour.channels());
+        let (nw, nh) = fitted(frame.width(), frame.height(), n);
+        let planes = &mut self.planes[..c * nw * nh];
+        frame_planes(frame, m.colour, (nw, nh), planes);
+        normalise(&m.normalisation, nw * nh, planes);
+        self.input.fill(0.0);
+        for (dst, src) in self.input.chunks_exact_mut(n * n).zip(planes.chunks_exact(nw * nh)) {
+            for (d, s) in dst.chunks_exact_mut(n).zip(src.chunks_exact(nw)) {
+                d[..nw].copy_from_slice(s);
+            }
+        }
+    }
+}
+
+/// Width and height of a `width`×`height` frame resized so that its longer side is `n`.
+pub(crate) fn fitted(width: usize, height: usize, n: usize) -> (usize, usize) {
+    let longer = width.max(height);
+    let side = |s: usize| ((s * n) as f64 / longer as f64).round().clamp(1.0, n as f64) as usize;
+    (side(width), side(height))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fitted;
+
+    #[test]
+    fn frames_are_fitted_by_their_longer_side() {
+        assert_eq!(fitted(320, 256, 256), (256, 205));
+        assert_eq!(fitted(100, 400, 256), (64, 256));
+        assert_eq!(fitted(64, 64, 256), (256, 256));
+        assert_eq!(fitted(5000, 1, 256), (256, 1));
+    }
+}
