@@ -200,7 +200,7 @@ impl RefinerComparison {
         let (a, b) = self.sizes;
         s.push_str(&format!(
             "\n## Size and CPU time\n\n| refiner | file (bytes) | frame with refinement, p50 ms (1 thread, tract) |\n|---|---|---|\n\
-             | fp32 | {a} | {:.0} |\n| fp16 | {b} ({:.1} %) | {:.0} |\n",
+             | fp32 | {a} | {:.0} |\n| {label} | {b} ({:.1} %) | {:.0} |\n",
             self.refine_ms.0,
             100.0 * b as f64 / a.max(1) as f64,
             self.refine_ms.1

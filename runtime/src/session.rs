@@ -81,8 +81,9 @@ struct RefineState {
 /// redrawn by the refiner from a box around it (see [`crate::refine`]). Which box rule and margin
 /// to use, or whether to refine at all, is decided per task on the shots when the context has
 /// changed (at the next frame, or [`Session::tune_refiner`]): with two or three shots, each shot is
-/// segmented from the others and refined by every candidate; refinement stays on with the best
-/// candidate only if it beats pass 1 on the shots. With one shot the session's own rule is used.
+/// segmented from the others (one shot: from itself) and refined by every candidate; refinement
+/// stays on with the best candidate only if it beats pass 1 on the shots by
+/// [`gate::MIN_GAIN`].
 pub struct Session {
     engine: Engine,
     runner: Box<dyn Runner>,
@@ -398,9 +399,11 @@ impl Session {
                 distinct.push(slot);
             }
         }
-        if !state.options.gate || distinct.len() < 2 {
+        if !state.options.gate {
             return Ok(GateReport { shots: 0, pass1: f64::NAN, candidates: Vec::new(), chosen: Some(default) });
         }
+        // Each shot from the others; a single shot from itself (the only estimate there is).
+        let alone = distinct.len() == 1;
         let candidates = gate::candidates(default);
         let mut sums = vec![0.0; candidates.len()];
         let mut pass1 = 0.0;
@@ -408,7 +411,7 @@ impl Session {
             let shot = self.shots[slot].clone().expect("a cached slot has its shot");
             let (image, w, h) = (shot.image.view(), shot.image.width, shot.image.height);
             let mut first = vec![0u8; w * h];
-            self.exclude = std::array::from_fn(|s| hashes[s] == hashes[slot]);
+            self.exclude = std::array::from_fn(|s| !alone && hashes[s] == hashes[slot]);
             let done = self.first_pass(&image, &mut MaskMut::packed(&mut first, w, h)?, &mut FrameTimings::default());
             self.exclude = [false; MAX_SHOTS];
             done?;
@@ -432,8 +435,9 @@ impl Session {
         Ok(GateReport { shots: distinct.len(), pass1, chosen: gate::choose(pass1, &scored), candidates: scored })
     }
 
-    /// The box (frame pixels) the last segmented frame was refined with; `None` when it was not
-    /// refined (no refiner, refinement off for the task, or an empty pass-1 mask).
+    /// The box (frame pixels) the last segmented frame was refined in (with a box per blob, the
+    /// box holding them all); `None` when it was not refined (no refiner, refinement off for the
+    /// task, or an empty pass-1 mask).
     pub fn last_refine_box(&self) -> Option<PixelBox> {
         self.refine_box
     }

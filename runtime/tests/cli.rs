@@ -469,11 +469,20 @@ fn segment_and_eval_refine_with_a_refiner() {
         let base = ["--engine", p(&prototype), "segment", "--shot", &shot, "--query", p(&query)];
         run(&[&base[..], &["--out", p(&out), "--json"], extra].concat())
     };
-    let o = segment(&["--refine", "--refiner", p(&refiner), "--box-rule", "all-blobs", "--refine-margin", "0"]);
+    let o = segment(&[
+        "--refine",
+        "--refiner",
+        p(&refiner),
+        "--box-rule",
+        "all-blobs",
+        "--refine-margin",
+        "0",
+        "--no-gate",
+    ]);
     assert!(o.status.success(), "{}", text(&o));
     let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(json["refiner"]["options"]["rule"], "all-blobs", "{json}");
-    assert_eq!(json["refine_gate"]["shots"], 0, "one shot: no gate");
+    assert_eq!(json["refine_gate"]["shots"], 0, "--no-gate");
     let b = json["results"][0]["refine_box"].as_array().expect("the frame was refined");
     assert!(b[0].as_f64().unwrap() < b[2].as_f64().unwrap());
     let plain = segment(&[]);
@@ -490,7 +499,11 @@ fn segment_and_eval_refine_with_a_refiner() {
         assert!(refine["dice_mean"].as_f64().is_some() && refine["iou_mean"].as_f64().is_some(), "{row}");
         assert!((0.0..=1.0).contains(&refine["gate_on"].as_f64().unwrap()), "{row}");
     }
-    assert_eq!(json["results"][0]["refine"]["gate_on"], 1.0, "one shot: always refined");
+    let o = run(&[&eval[..], &["--refine", "--refiner", p(&refiner), "--no-gate", "--json"]].concat());
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for row in json["results"].as_array().unwrap() {
+        assert_eq!(row["refine"]["gate_on"], 1.0, "--no-gate: every draw refined: {row}");
+    }
     let table = text(&run(&[&eval[..], &["--refine", "--refiner", p(&refiner)]].concat()));
     assert!(table.contains("refined") && table.contains("gate on"), "{table}");
 }

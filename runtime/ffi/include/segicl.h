@@ -21,6 +21,10 @@
 // pass's mask (for a target the first pass splits into several blobs).
 #define SEGICL_BOX_ALL_BLOBS 1
 
+// [`SegiclOptions::refine_box_rule`]: a box per blob of the first pass's mask (up to 8, each at
+// least a tenth of the largest), for targets of several objects (nuclei, glands, cells).
+#define SEGICL_BOX_EACH_BLOB 2
+
 // Backend to run on.
 typedef enum {
   // The best one present (today: the CPU).
@@ -92,7 +96,8 @@ typedef struct {
   // predicted box's larger side, crops of at least 64 pixels; a frame costs two passes), 0 off.
   uint32_t roi;
   // The box the refiner is prompted with: [`SEGICL_BOX_LARGEST_BLOB`] (0, default) or
-  // [`SEGICL_BOX_ALL_BLOBS`] (1). With the gate on, the rule tried first.
+  // [`SEGICL_BOX_ALL_BLOBS`] (1) or [`SEGICL_BOX_EACH_BLOB`] (2). With the gate on, the rule
+  // tried first.
   uint32_t refine_box_rule;
   // Path of a refiner file (a pretrained promptable segmenter, e.g. LiteMedSAM), opened by
   // [`segicl_engine_open`] with the same backend and threads (a refiner runs on the CPU: the

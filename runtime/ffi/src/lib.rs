@@ -113,6 +113,10 @@ pub const SEGICL_BOX_LARGEST_BLOB: u32 = 0;
 /// pass's mask (for a target the first pass splits into several blobs).
 pub const SEGICL_BOX_ALL_BLOBS: u32 = 1;
 
+/// [`SegiclOptions::refine_box_rule`]: a box per blob of the first pass's mask (up to 8, each at
+/// least a tenth of the largest), for targets of several objects (nuclei, glands, cells).
+pub const SEGICL_BOX_EACH_BLOB: u32 = 2;
+
 /// Options of [`segicl_engine_open`]; start from [`segicl_options_default`].
 ///
 /// The struct only grows, at the end; `struct_size` says which version the caller compiled:
@@ -134,7 +138,8 @@ pub struct SegiclOptions {
     /// predicted box's larger side, crops of at least 64 pixels; a frame costs two passes), 0 off.
     pub roi: u32,
     /// The box the refiner is prompted with: [`SEGICL_BOX_LARGEST_BLOB`] (0, default) or
-    /// [`SEGICL_BOX_ALL_BLOBS`] (1). With the gate on, the rule tried first.
+    /// [`SEGICL_BOX_ALL_BLOBS`] (1) or [`SEGICL_BOX_EACH_BLOB`] (2). With the gate on, the rule
+    /// tried first.
     pub refine_box_rule: u32,
     /// Path of a refiner file (a pretrained promptable segmenter, e.g. LiteMedSAM), opened by
     /// [`segicl_engine_open`] with the same backend and threads (a refiner runs on the CPU: the
@@ -463,9 +468,11 @@ fn refine_options(opts: &RawOptions) -> Result<RefineOptions, Failure> {
     let rule = match opts.refine_box_rule {
         SEGICL_BOX_LARGEST_BLOB => BoxRule::LargestBlob,
         SEGICL_BOX_ALL_BLOBS => BoxRule::AllBlobs,
+        SEGICL_BOX_EACH_BLOB => BoxRule::EachBlob,
         other => {
             return Err(invalid(format!(
-                "refine_box_rule {other} is neither 0 (SEGICL_BOX_LARGEST_BLOB) nor 1 (SEGICL_BOX_ALL_BLOBS)"
+                "refine_box_rule {other} is not 0 (SEGICL_BOX_LARGEST_BLOB), 1 (SEGICL_BOX_ALL_BLOBS) or 2 \
+                 (SEGICL_BOX_EACH_BLOB)"
             )))
         }
     };

@@ -142,7 +142,7 @@ fn c_program_matches_the_rust_api() {
         assert!(got == want.data, "c_roi_mask{i}.raw differs from the Rust API's ROI mask");
     }
 
-    // The refined masks: one shot (the box rule, no gate), three shots with the gate, and three
+    // The refined masks: one shot (all blobs' box, no margin, no gate), three shots with the gate, and three
     // with every field of the C options set.
     let refiner = Refiner::open(&refiner_path, &EngineOptions::default()).unwrap();
     let refined = |name: &str, shots: &[u64], options: RefineOptions| {
@@ -160,7 +160,8 @@ fn c_program_matches_the_rust_api() {
         }
         boxes
     };
-    let one_shot = refined("c_refined1_mask", &SHOT_SEEDS[..1], RefineOptions::default());
+    let one_box = RefineOptions { rule: BoxRule::AllBlobs, margin: Some(0.0), gate: false, ..RefineOptions::default() };
+    let one_shot = refined("c_refined1_mask", &SHOT_SEEDS[..1], one_box);
     assert!(one_shot > 0, "with one shot, no frame was refined");
     let gated = refined("c_refined_mask", &SHOT_SEEDS, RefineOptions::default());
     println!("refined with the gate on: {gated} of {} frames", FRAME_SEEDS.len());

@@ -9,11 +9,12 @@
 //! [`Session`](crate::Session) takes it with [`RefineOptions`] through
 //! [`Session::set_refiner`](crate::Session::set_refiner).
 //!
-//! Per frame: pass 1 (and the ROI pass if on) → the box of the mask by a [`BoxRule`], grown by a
-//! margin → the refiner's encoder on the frame (its embedding is memoised for a few recent
-//! frames) → the decoder with the box → the refined mask at the frame's own size. An empty
-//! pass-1 mask stays empty. Which rule and margin, and whether to refine at all, is chosen per
-//! task on the shots ([`gate`]).
+//! Per frame: pass 1 (and the ROI pass if on) → the boxes of the mask by a [`BoxRule`] (one, or
+//! one per blob), grown by a margin → the refiner's encoder on the frame (its embedding is
+//! memoised for a few recent frames) → the decoder once per box → inside the boxes the union of
+//! the refined masks, outside them pass 1's mask, at the frame's own size. An empty pass-1 mask
+//! stays empty. Which rule and margin, and whether to refine at all, is chosen per task on the
+//! shots ([`gate`]).
 
 pub mod boxes;
 pub mod gate;
@@ -204,5 +205,26 @@ fn cuda_refusal(_: &EngineFile, _: &RefinerManifest) -> Error {
         backend: "cuda",
         what: "this build has no CUDA backend (and the CUDA backend does not run refiners): use --backend cpu or auto"
             .into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `--backend cuda` says about the committed refiner (the CUDA plan is lowered without a
+    /// GPU, so this runs everywhere): the first op of each graph the plan does not lower.
+    #[test]
+    fn the_committed_refiner_does_not_lower_to_the_gpu_plan() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/litemedsam-int8.refiner");
+        let meta = RefinerMetadata::open(&path).unwrap();
+        let first_unsupported =
+            [(Graph::Encoder, Tag::ENCODER, "(op Erf)"), (Graph::Decoder, Tag::DECODER, "(op ScatterND)")];
+        for (graph, tag, op) in first_unsupported {
+            let inputs: Vec<(&str, &[usize])> =
+                meta.manifest.tensors(graph, Direction::Input).map(|t| (t.name.as_str(), &t.shape[..])).collect();
+            let err = crate::backend::plan::lower(meta.file.section(tag).unwrap(), &inputs).unwrap_err().to_string();
+            assert!(err.contains(op), "{graph:?}: {err}");
+        }
     }
 }

@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 
 use tract_onnx::prelude::*;
 
-use super::boxes::{BoxFinder, BoxRule, PixelBox};
+use super::boxes::{BoxFinder, BoxRule, PixelBox, MAX_BLOBS};
 use super::Refiner;
 use crate::backend::cpu::{fill, input_tensor, run_err};
 use crate::error::Result;
 use crate::image::{ImageView, MaskMut, PixelFormat};
-use crate::postprocess::{region_to_mask, threshold_logit};
+use crate::postprocess::{region_into_mask, threshold_logit, Placement};
 use crate::preprocess::{frame_planes, normalise};
 
 /// Wall-clock time of the last refinement, by stage.
@@ -24,7 +24,7 @@ pub struct RefineTimings {
     pub preprocess: Duration,
     /// The image encoder (zero when the frame's embedding was memoised).
     pub encoder: Duration,
-    /// The prompt and mask decoder.
+    /// The prompt and mask decoder (once per box).
     pub decoder: Duration,
     /// Upsampling the refined logits to the frame and the threshold.
     pub postprocess: Duration,
@@ -126,9 +126,10 @@ impl RefineRunner {
         self.timings
     }
 
-    /// Replaces the foreground of `mask` (the first pass's, at `frame`'s size) by the refiner's
-    /// mask for the box around it by `rule`, grown by `margin`; returns that box. An empty mask
-    /// stays empty (`None`).
+    /// Redraws `mask` (the first pass's, at `frame`'s size) inside the boxes around its
+    /// foreground by `rule`, each grown by `margin`: inside them the mask becomes the union of the
+    /// refiner's masks for each box; outside them it stays as it was. Returns the box holding
+    /// them all; an empty mask stays empty (`None`).
     pub(crate) fn refine(
         &mut self,
         frame: &ImageView,
@@ -140,18 +141,42 @@ impl RefineRunner {
         debug_assert_eq!((mask.width(), mask.height()), (w, h));
         let mut t = RefineTimings::default();
         let started = Instant::now();
+        let mut boxes = [PixelBox { x0: 0.0, y0: 0.0, x1: 0.0, y1: 0.0 }; MAX_BLOBS];
         let found = self.finder.find(mask, rule);
+        let n = found.len();
+        for (b, rect) in boxes.iter_mut().zip(found) {
+            *b = PixelBox::of(*rect).with_margin(margin, w, h);
+        }
         t.boxing = started.elapsed();
-        let Some(rect) = found else {
+        if n == 0 {
             self.timings = t;
             return Ok(None);
-        };
-        let pixel_box = PixelBox::of(rect).with_margin(margin, w, h);
+        }
         let entry = self.embed(frame, &mut t)?;
+        for b in &boxes[..n] {
+            mask.crop(b.pixels())?.fill(0);
+        }
+        for b in &boxes[..n] {
+            self.decode(entry, *b, w.max(h), &mut t)?;
+            let started = Instant::now();
+            let m = self.refiner.manifest();
+            let (nw, nh) = fitted(w, h, m.input_size);
+            let out = m.output_size();
+            let region = |side: usize| (side * out).div_ceil(m.input_size).clamp(1, out);
+            let rect = b.pixels();
+            let place = Placement { frame: (w, h), at: (rect.x, rect.y) };
+            region_into_mask(&self.logits, out, (region(nw), region(nh)), place, self.cut, &mut mask.crop(rect)?);
+            t.postprocess += started.elapsed();
+        }
+        self.timings = t;
+        Ok(Some(boxes[1..n].iter().fold(boxes[0], |all, b| all.union(*b))))
+    }
+
+    /// Runs the decoder on the embedding of memo `entry` with `pixel_box` (frame pixels of a frame
+    /// whose longer side is `longer`) into `self.logits`.
+    fn decode(&mut self, entry: usize, pixel_box: PixelBox, longer: usize, t: &mut RefineTimings) -> Result<()> {
         let started = Instant::now();
-        let m = self.refiner.manifest();
-        let (n, out) = (m.input_size as f32, m.output_size());
-        let scale = n / w.max(h) as f32;
+        let scale = self.refiner.manifest().input_size as f32 / longer as f32;
         let b = [pixel_box.x0 * scale, pixel_box.y0 * scale, pixel_box.x1 * scale, pixel_box.y1 * scale];
         let embedding = fill(&mut self.embedding, &self.memo[entry].embedding)?;
         let boxes = fill(&mut self.boxes, &b)?;
@@ -163,15 +188,8 @@ impl RefineRunner {
             .and_then(|v| v.as_slice::<f32>())
             .map_err(|e| run_err("refiner decoder", e))?;
         self.logits.copy_from_slice(logits);
-        drop(outputs);
-        t.decoder = started.elapsed();
-        let started = Instant::now();
-        let (nw, nh) = fitted(w, h, m.input_size);
-        let region = |side: usize| (side * out).div_ceil(m.input_size).clamp(1, out);
-        region_to_mask(&self.logits, out, (region(nw), region(nh)), self.cut, mask);
-        t.postprocess = started.elapsed();
-        self.timings = t;
-        Ok(Some(pixel_box))
+        t.decoder += started.elapsed();
+        Ok(())
     }
 
     /// The memo entry holding `frame`'s embedding, running the encoder when no entry does.

@@ -151,46 +151,6 @@ static int fg_box(const uint8_t *m, Box *b) {
   return any;
 }
 
-/* The box of the largest 8-connected blob of a packed W×H mask (the first in raster order on a
- * tie), as the refiner's default box rule finds it; 0 if the mask is empty. */
-static int largest_blob_box(const uint8_t *m, Box *best) {
-  size_t n = (size_t)W * H, best_size = 0;
-  uint8_t *seen = calloc(n, 1);
-  uint32_t *stack = malloc(n * sizeof *stack);
-  for (size_t start = 0; start < n; start++) {
-    if (!m[start] || seen[start]) continue;
-    size_t top = 0, size = 0;
-    Box b = {(uint32_t)(start % W), (uint32_t)(start / W), (uint32_t)(start % W), (uint32_t)(start / W)};
-    stack[top++] = (uint32_t)start;
-    seen[start] = 1;
-    while (top > 0) {
-      uint32_t p = stack[--top], x = p % W, y = p / W;
-      size++;
-      if (x < b.x0) b.x0 = x;
-      if (x > b.x1) b.x1 = x;
-      if (y < b.y0) b.y0 = y;
-      if (y > b.y1) b.y1 = y;
-      for (int dy = -1; dy <= 1; dy++)
-        for (int dx = -1; dx <= 1; dx++) {
-          long nx = (long)x + dx, ny = (long)y + dy;
-          if (nx < 0 || ny < 0 || nx >= (long)W || ny >= (long)H) continue;
-          size_t q = (size_t)ny * W + (size_t)nx;
-          if (m[q] && !seen[q]) {
-            seen[q] = 1;
-            stack[top++] = (uint32_t)q;
-          }
-        }
-    }
-    if (size > best_size) {
-      best_size = size;
-      *best = b;
-    }
-  }
-  free(stack);
-  free(seen);
-  return best_size > 0;
-}
-
 /* Foreground pixels of a packed W×H mask inside box `b`. */
 static size_t fg_in(const uint8_t *m, Box b) {
   size_t fg = 0;
@@ -330,23 +290,31 @@ int main(int argc, char **argv) {
     o.refiner_path = refiner_path;
     SegiclEngine *re = NULL;
     EXPECT_OK(segicl_engine_open(engine_path, &o, &re), "open(refiner)");
+    /* no gate, every blob's box, no margin: every mask is refined into one box */
+    SegiclOptions o1 = o;
+    o1.refine_gate = 0;
+    o1.refine_box_rule = SEGICL_BOX_ALL_BLOBS;
+    o1.refine_margin = 0.0f;
+    SegiclEngine *re1 = NULL;
+    EXPECT_OK(segicl_engine_open(engine_path, &o1, &re1), "open(refiner, all blobs, no margin, no gate)");
 
-    /* one shot: the gate has nothing to choose on, so every mask is refined with the largest
-     * blob's box: a filled rectangle over pass 1's largest blob (the unrefined mask) */
+    /* one shot, no gate: every mask is refined with the box of all of pass 1's foreground: a
+     * filled rectangle over it (the unrefined mask) */
     uint8_t *plain[N_FRAMES], *refined[N_FRAMES];
     for (int i = 0; i < N_FRAMES; i++) {
       plain[i] = calloc(n, 1);
       refined[i] = calloc(n, 1);
     }
     CHECK(run_shots(e, 1, plain) == 0, "unrefined one-shot session failed");
-    CHECK(re && run_shots(re, 1, refined) == 0, "refined one-shot session failed");
+    CHECK(re1 && run_shots(re1, 1, refined) == 0, "refined one-shot session failed");
+    segicl_engine_free(re1);
     /* the refiner's 64×64 logits are upsampled bilinearly to the frame: its box edges land
      * within one input pixel (plus rounding) of pass 1's, and its corners may be rounded */
     uint32_t tol = (W > H ? W : H) / 64 + 1;
     int rectangles = 0;
     for (int i = 0; i < N_FRAMES; i++) {
       Box blob, r;
-      int has_blob = largest_blob_box(plain[i], &blob), has_fg = fg_box(refined[i], &r);
+      int has_blob = fg_box(plain[i], &blob), has_fg = fg_box(refined[i], &r);
       CHECK(has_blob == has_fg, "frame %d: pass 1 %s, refined %s", i, has_blob ? "has a blob" : "is empty",
             has_fg ? "is not empty" : "is empty");
       if (!has_blob || !has_fg) continue;
@@ -358,7 +326,7 @@ int main(int argc, char **argv) {
       CHECK(filled, "frame %d: refined mask fills %zu of its %zu-pixel box", i, fg, area);
       CHECK(gap(r.x0, blob.x0) <= tol && gap(r.x1, blob.x1) <= tol && gap(r.y0, blob.y0) <= tol &&
                 gap(r.y1, blob.y1) <= tol,
-            "frame %d: refined box %u,%u..%u,%u is not pass 1's largest blob's %u,%u..%u,%u", i, r.x0, r.y0, r.x1,
+            "frame %d: refined box %u,%u..%u,%u is not pass 1's foreground's %u,%u..%u,%u", i, r.x0, r.y0, r.x1,
             r.y1, blob.x0, blob.y0, blob.x1, blob.y1);
       CHECK(memcmp(plain[i], refined[i], n) != 0, "frame %d: refinement changed nothing", i);
       rectangles += filled;

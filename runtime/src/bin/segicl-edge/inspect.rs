@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use segicl::format::Layout;
+use segicl::format::{EngineFile, Layout};
 use segicl::refine::RefinerMetadata;
 use segicl::EngineMetadata;
 
@@ -30,6 +30,30 @@ fn sections_json(layout: &Layout) -> Vec<serde_json::Value> {
             })
         })
         .collect()
+}
+
+/// The file, its sections, manifest and card as one JSON object.
+fn print_json(
+    file: &EngineFile,
+    kind: &str,
+    manifest: &impl serde::Serialize,
+    card: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let layout = file.layout();
+    let out = serde_json::json!({
+        "path": file.path(), "size": file.len(), "kind": kind,
+        "format": format!("{}.{}", layout.major, layout.minor),
+        "sections": sections_json(layout), "manifest": manifest, "card": card,
+    });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The first two lines: the file, what it is and its format; the model.
+fn print_header(file: &EngineFile, what: &str, name: &str, version: &str) {
+    let layout = file.layout();
+    println!("{}: {what} {}.{}, {} bytes", file.path().display(), layout.major, layout.minor, file.len());
+    println!("model      {name} {version}");
 }
 
 /// The section table as text.
@@ -67,22 +91,9 @@ fn refiner(path: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
     let meta = RefinerMetadata::open(path)?;
     let (layout, m) = (meta.file.layout(), &meta.manifest);
     if json {
-        let out = serde_json::json!({
-            "path": meta.file.path(), "size": meta.file.len(), "kind": "refiner",
-            "format": format!("{}.{}", layout.major, layout.minor),
-            "sections": sections_json(layout), "manifest": m, "card": meta.card(),
-        });
-        println!("{}", serde_json::to_string_pretty(&out)?);
-        return Ok(ExitCode::SUCCESS);
+        return print_json(&meta.file, "refiner", m, meta.card());
     }
-    println!(
-        "{}: refiner, format {}.{}, {} bytes",
-        meta.file.path().display(),
-        layout.major,
-        layout.minor,
-        meta.file.len()
-    );
-    println!("model      {} {}", m.name, m.version);
+    print_header(&meta.file, "refiner, format", &m.name, &m.version);
     println!(
         "input      {}² ({:?}), colour={:?} normalisation={:?}; logits {}²",
         m.input_size,
@@ -112,24 +123,9 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
     let layout = meta.file.layout();
     let m = &meta.manifest;
     if args.json {
-        let sections = sections_json(layout);
-        let out = serde_json::json!({
-            "path": meta.file.path(), "size": meta.file.len(),
-            "format": format!("{}.{}", layout.major, layout.minor),
-            "sections": sections, "manifest": m,
-            "card": meta.card(),
-        });
-        println!("{}", serde_json::to_string_pretty(&out)?);
-        return Ok(ExitCode::SUCCESS);
+        return print_json(&meta.file, "engine", m, meta.card());
     }
-    println!(
-        "{}: engine format {}.{}, {} bytes",
-        meta.file.path().display(),
-        layout.major,
-        layout.minor,
-        meta.file.len()
-    );
-    println!("model      {} {}", m.name, m.version);
+    print_header(&meta.file, "engine format", &m.name, &m.version);
     println!(
         "input      R={} C={} colour={:?} normalisation={:?}",
         m.resolution, m.channels, m.colour, m.normalisation

@@ -10,21 +10,36 @@ use segicl::pack::{shots_from_dir, EngineParts};
 use segicl::shots::DefaultShots;
 use segicl::{BackendChoice, Engine, EngineOptions};
 
+/// The manifest, graphs and card that `pack` and `pack-refiner` read.
+#[derive(clap::Args)]
+pub struct Sources {
+    /// Manifest JSON (docs/engine-format.md: §4 for an engine, §12.2 for a refiner).
+    #[arg(long)]
+    pub manifest: PathBuf,
+    /// Encoder ONNX graph.
+    #[arg(long)]
+    pub encoder: PathBuf,
+    /// Decoder ONNX graph.
+    #[arg(long)]
+    pub decoder: PathBuf,
+    /// Model card (Markdown).
+    #[arg(long)]
+    pub card: Option<PathBuf>,
+}
+
+impl Sources {
+    /// The manifest's bytes, both graphs' bytes and the card.
+    pub fn read(&self) -> anyhow::Result<(Vec<u8>, Vec<u8>, Vec<u8>, Option<String>)> {
+        let card = self.card.as_ref().map(read).transpose()?.map(|b| String::from_utf8_lossy(&b).into_owned());
+        Ok((read(&self.manifest)?, read(&self.encoder)?, read(&self.decoder)?, card))
+    }
+}
+
 /// Arguments of `pack`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Manifest JSON (see docs/engine-format.md).
-    #[arg(long)]
-    manifest: PathBuf,
-    /// Encoder ONNX graph.
-    #[arg(long)]
-    encoder: PathBuf,
-    /// Decoder ONNX graph.
-    #[arg(long)]
-    decoder: PathBuf,
-    /// Model card (Markdown).
-    #[arg(long)]
-    card: Option<PathBuf>,
+    #[command(flatten)]
+    sources: Sources,
     /// Default shots as TASK=DIR (DIR holds images/ and masks/; the first 3 pairs are taken).
     #[arg(long = "shots", value_name = "TASK=DIR")]
     shots: Vec<String>,
@@ -42,7 +57,8 @@ fn read(path: &PathBuf) -> anyhow::Result<Vec<u8>> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let manifest = Manifest::from_json(&read(&args.manifest)?).with_context(|| args.manifest.display().to_string())?;
+    let (manifest, encoder, decoder, card) = args.sources.read()?;
+    let manifest = Manifest::from_json(&manifest).with_context(|| args.sources.manifest.display().to_string())?;
     let side = args.shot_side.unwrap_or(2 * manifest.resolution);
     if !(16..=segicl::manifest::MAX_RESOLUTION).contains(&side) {
         bail!("--shot-side {side} is outside 16..={}", segicl::manifest::MAX_RESOLUTION);
@@ -55,15 +71,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         shots.tasks.push((task.to_string(), shots_from_dir(dir.as_ref(), side)?));
     }
-    let card = args.card.as_ref().map(read).transpose()?.map(|b| String::from_utf8_lossy(&b).into_owned());
-    let parts = EngineParts {
-        manifest,
-        encoder: read(&args.encoder)?,
-        decoder: read(&args.decoder)?,
-        card,
-        shots,
-        calib: None,
-    };
+    let parts = EngineParts { manifest, encoder, decoder, card, shots, calib: None };
     parts.write(&args.out)?;
     if let Err(e) = Engine::open(&args.out, &EngineOptions { backend: BackendChoice::Cpu, threads: 1 }) {
         let _ = std::fs::remove_file(&args.out);

@@ -9,35 +9,24 @@ use segicl::pack::RefinerParts;
 use segicl::refine::RefinerManifest;
 use segicl::{BackendChoice, EngineOptions, Refiner};
 
-/// Arguments of `pack-refiner`.
+use crate::pack::Sources;
+
+/// Arguments of `pack-refiner`: the refiner's manifest, its image encoder (`image` →
+/// `embedding`), its prompt and mask decoder (`embedding`, `box` → `logits`, optionally `iou`).
 #[derive(clap::Args)]
 pub struct Args {
-    /// Refiner manifest JSON (see docs/engine-format.md, "Refiner files").
-    #[arg(long)]
-    manifest: PathBuf,
-    /// Image encoder ONNX graph (`image` → `embedding`).
-    #[arg(long)]
-    encoder: PathBuf,
-    /// Prompt and mask decoder ONNX graph (`embedding`, `box` → `logits`, optionally `iou`).
-    #[arg(long)]
-    decoder: PathBuf,
-    /// Model card (Markdown).
-    #[arg(long)]
-    card: Option<PathBuf>,
+    #[command(flatten)]
+    sources: Sources,
     /// Refiner file to write.
     #[arg(short, long)]
     out: PathBuf,
 }
 
-fn read(path: &PathBuf) -> anyhow::Result<Vec<u8>> {
-    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
-}
-
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let (manifest, encoder, decoder, card) = args.sources.read()?;
     let manifest =
-        RefinerManifest::from_json(&read(&args.manifest)?).with_context(|| args.manifest.display().to_string())?;
-    let card = args.card.as_ref().map(read).transpose()?.map(|b| String::from_utf8_lossy(&b).into_owned());
-    let parts = RefinerParts { manifest, encoder: read(&args.encoder)?, decoder: read(&args.decoder)?, card };
+        RefinerManifest::from_json(&manifest).with_context(|| args.sources.manifest.display().to_string())?;
+    let parts = RefinerParts { manifest, encoder, decoder, card };
     segicl::format::write_atomically(&args.out, &parts.to_bytes()?)?;
     if let Err(e) = Refiner::open(&args.out, &EngineOptions { backend: BackendChoice::Cpu, threads: 1 }) {
         let _ = std::fs::remove_file(&args.out);
