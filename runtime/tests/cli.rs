@@ -445,7 +445,7 @@ fn demo_and_bench_run_on_the_bundled_engine() {
     assert!(t.contains("optic-disc") && dir.path().join("optic-disc-0.png").exists(), "default shots: {t}");
     assert!(dir.path().join("us-lesion-0.png").exists());
     assert!(t.contains("refinement pass (litemedsam") && t.contains("refined"), "refined task: {t}");
-    assert!(dir.path().join("refined-fundus-disc-0.png").exists());
+    assert!(dir.path().join("refined-optic-disc-0.png").exists());
     let o = run(&["bench", "--frames", "3", "--warmup", "1", "--json"]);
     assert!(o.status.success(), "{}", text(&o));
     let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();

@@ -1,6 +1,6 @@
 //! `demo`: the bundled engine on bundled samples — the real default shots stored in the engine
 //! (each one segmented from the other two) and synthetic frames: overlays and a Dice table; and
-//! one task refined by the bundled refiner (the refinement pass), against pass 1 alone.
+//! one stored task refined by the bundled refiner (the refinement pass), against pass 1 alone.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,7 +11,7 @@ use segicl::metrics::mean_std;
 use segicl::synthetic::{self, SceneKind, Task};
 
 use crate::{bundled, draw, Global, BUNDLED_REFINER};
-use segicl::evaluation::{score, synthetic_samples, Labelled};
+use segicl::evaluation::{score, set_shots, synthetic_samples, Labelled};
 
 /// Arguments of `demo`.
 #[derive(clap::Args)]
@@ -63,40 +63,40 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The task the demo refines.
-const REFINED_TASK: Task = Task::FundusDisc;
+/// The stored task the demo refines, each of its default shots segmented from the others.
+const REFINED_TASK: &str = "optic-disc";
 
-/// One synthetic task with 3 shots, pass 1 alone and refined by the bundled refiner.
+/// The engine's default shots of [`REFINED_TASK`] (or, for an engine without them, synthetic
+/// fundus discs), each segmented from the others, by pass 1 alone and refined by the bundled
+/// refiner; the gate decides on the other shots each time.
 fn refined(global: &Global, engine: &segicl::Engine, args: &Args) -> anyhow::Result<()> {
     let refiner = segicl::Refiner::open(bundled(BUNDLED_REFINER), &global.options)?;
-    let mut session = engine.session()?;
+    let stored: Vec<Labelled> = match engine.default_shots().get(REFINED_TASK) {
+        Some(shots) => shots.iter().map(|s| Labelled { image: s.image.clone(), mask: s.mask.clone() }).collect(),
+        None => synthetic_samples(Task::FundusDisc, SHOT_SEED, 3),
+    };
+    let name = if engine.default_shots().get(REFINED_TASK).is_some() { REFINED_TASK } else { "fundus-disc" };
+    let (mut session, mut plain) = (engine.session()?, engine.session()?);
     session.set_refiner(Some((&refiner, segicl::RefineOptions::default())))?;
-    let mut plain = engine.session()?;
-    for (slot, shot) in synthetic_samples(REFINED_TASK, SHOT_SEED, 3).iter().enumerate() {
-        session.set_shot(slot, &shot.image.view(), &shot.mask.view())?;
-        plain.set_shot(slot, &shot.image.view(), &shot.mask.view())?;
-    }
-    let report = session.tune_refiner()?.expect("a refiner is set").clone();
     println!(
-        "refinement pass ({}, on the {} backend) on {}:",
+        "refinement pass ({}, on the {} backend) on {name}, each shot segmented from the others:",
         refiner.manifest().name,
-        refiner.backend_name(),
-        REFINED_TASK.name()
+        refiner.backend_name()
     );
-    println!("  {}", crate::segment::gate_summary(&report));
     let (mut first, mut refined) = (Vec::new(), Vec::new());
-    for (i, query) in synthetic_samples(REFINED_TASK, QUERY_SEED, QUERIES).iter().enumerate() {
+    for (held, query) in stored.iter().enumerate() {
+        let others: Vec<usize> = (0..stored.len()).filter(|&i| i != held).collect();
+        set_shots(&mut session, &stored, &others)?;
+        set_shots(&mut plain, &stored, &others)?;
+        let report = session.tune_refiner()?.expect("a refiner is set").clone();
+        println!("  shot {held}: {}", crate::segment::gate_summary(&report));
         first.push(score(&mut plain, query)?.0.dice);
         let (o, pred) = score(&mut session, query)?;
         refined.push(o.dice);
-        let path = args.out.join(format!("refined-{}-{i}.png", REFINED_TASK.name()));
+        let path = args.out.join(format!("refined-{name}-{held}.png"));
         save_png(&path, &draw::overlay(&query.image, &pred.data, Some(&query.mask.data)))?;
     }
-    println!(
-        "  {QUERIES} queries, 3 shots: Dice pass 1 {:.3}, refined {:.3}",
-        mean_std(&first).0,
-        mean_std(&refined).0
-    );
+    println!("  {} queries: Dice pass 1 {:.3}, refined {:.3}", stored.len(), mean_std(&first).0, mean_std(&refined).0);
     Ok(())
 }
 

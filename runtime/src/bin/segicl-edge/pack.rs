@@ -27,11 +27,28 @@ pub struct Sources {
     pub card: Option<PathBuf>,
 }
 
+/// What [`Sources::read`] read.
+pub struct Contents {
+    /// The manifest's bytes.
+    pub manifest: Vec<u8>,
+    /// The encoder's ONNX bytes.
+    pub encoder: Vec<u8>,
+    /// The decoder's ONNX bytes.
+    pub decoder: Vec<u8>,
+    /// The card.
+    pub card: Option<String>,
+}
+
 impl Sources {
-    /// The manifest's bytes, both graphs' bytes and the card.
-    pub fn read(&self) -> anyhow::Result<(Vec<u8>, Vec<u8>, Vec<u8>, Option<String>)> {
+    /// Reads every file named.
+    pub fn read(&self) -> anyhow::Result<Contents> {
         let card = self.card.as_ref().map(read).transpose()?.map(|b| String::from_utf8_lossy(&b).into_owned());
-        Ok((read(&self.manifest)?, read(&self.encoder)?, read(&self.decoder)?, card))
+        Ok(Contents {
+            manifest: read(&self.manifest)?,
+            encoder: read(&self.encoder)?,
+            decoder: read(&self.decoder)?,
+            card,
+        })
     }
 }
 
@@ -57,7 +74,7 @@ fn read(path: &PathBuf) -> anyhow::Result<Vec<u8>> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let (manifest, encoder, decoder, card) = args.sources.read()?;
+    let Contents { manifest, encoder, decoder, card } = args.sources.read()?;
     let manifest = Manifest::from_json(&manifest).with_context(|| args.sources.manifest.display().to_string())?;
     let side = args.shot_side.unwrap_or(2 * manifest.resolution);
     if !(16..=segicl::manifest::MAX_RESOLUTION).contains(&side) {

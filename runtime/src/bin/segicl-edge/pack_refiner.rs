@@ -9,7 +9,7 @@ use segicl::pack::RefinerParts;
 use segicl::refine::RefinerManifest;
 use segicl::{BackendChoice, EngineOptions, Refiner};
 
-use crate::pack::Sources;
+use crate::pack::{Contents, Sources};
 
 /// Arguments of `pack-refiner`: the refiner's manifest, its image encoder (`image` →
 /// `embedding`), its prompt and mask decoder (`embedding`, `box` → `logits`, optionally `iou`).
@@ -23,7 +23,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let (manifest, encoder, decoder, card) = args.sources.read()?;
+    let Contents { manifest, encoder, decoder, card } = args.sources.read()?;
     let manifest =
         RefinerManifest::from_json(&manifest).with_context(|| args.sources.manifest.display().to_string())?;
     let parts = RefinerParts { manifest, encoder, decoder, card };
