@@ -268,7 +268,7 @@ mod tests {
     fn blobs_touching_the_border() {
         let b = boxes(&["###", "#..", "#.#"]);
         assert_eq!(b[..2], [vec![rect(0, 0, 3, 3)], vec![rect(0, 0, 3, 3)]]);
-        assert_eq!(b[2], [rect(0, 0, 3, 3)], "the speck at (2, 2) is under a tenth of the largest blob");
+        assert_eq!(b[2], [rect(0, 0, 3, 3), rect(2, 2, 1, 1)], "the speck holds a fifth of the largest blob's area");
         let b = boxes(&["#.#", "...", "#.#"]);
         assert_eq!(b[..2], [vec![rect(0, 0, 1, 1)], vec![rect(0, 0, 3, 3)]]);
         assert_eq!(b[2].len(), 4);
