@@ -553,42 +553,15 @@ fn refiner_files_inspect_verify_pack_and_bad_uses() {
     let shot = format!("{}={}", p(&data.join("images/1.png")), p(&data.join("masks/1.png")));
     let query = p(&data.join("images/2.png")).to_string();
     let prototype = engine();
+    let refine = ["--engine", p(&prototype), "segment", "--shot", &shot, "--refine", "--refiner", p(&refiner)];
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["--engine", p(&refiner), "segment", "--shot", &shot], "is a refiner"),
         (
             vec!["--engine", p(&prototype), "segment", "--shot", &shot, "--refine", "--refiner", p(&prototype)],
             "not a refiner",
         ),
-        (
-            vec![
-                "--engine",
-                p(&prototype),
-                "segment",
-                "--shot",
-                &shot,
-                "--refine",
-                "--refiner",
-                p(&refiner),
-                "--refine-margin",
-                "2",
-            ],
-            "margin",
-        ),
-        (
-            vec![
-                "--engine",
-                p(&prototype),
-                "segment",
-                "--shot",
-                &shot,
-                "--refine",
-                "--refiner",
-                p(&refiner),
-                "--box-rule",
-                "huge",
-            ],
-            "largest-blob",
-        ),
+        ([&refine[..], &["--refine-margin", "2"]].concat(), "margin"),
+        ([&refine[..], &["--box-rule", "huge"]].concat(), "largest-blob"),
         (vec!["--engine", p(&prototype), "segment", "--shot", &shot, "--refiner", p(&refiner)], "--refine"),
     ];
     for (args, needle) in cases {
