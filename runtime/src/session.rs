@@ -369,9 +369,9 @@ impl Session {
     }
 
     /// Runs the gate for the current shots unless it already ran for them (see [`Session`]) and
-    /// returns its report; `None` without a refiner. With two or three shots this costs, per
-    /// shot, one pass 1, one refiner encoder pass (unless memoised) and one decoder pass per
-    /// candidate.
+    /// returns its report; `None` without a refiner. With the gate on this costs, per distinct
+    /// shot, one pass 1, one refiner encoder pass (unless memoised) and, per candidate, one
+    /// decoder pass per box.
     pub fn tune_refiner(&mut self) -> Result<Option<&GateReport>> {
         let key = (self.generation(), self.cut.to_bits());
         let stale = match &self.refine {
@@ -388,19 +388,20 @@ impl Session {
         Ok(self.refine.as_ref().and_then(|s| s.report.as_ref()).map(|(_, r)| r))
     }
 
-    /// Scores pass 1 and every candidate on each distinct shot, segmented from the others.
+    /// Scores pass 1 and every candidate on each distinct shot, segmented from the others (a
+    /// single shot from itself).
     fn run_gate(&mut self) -> Result<GateReport> {
         let state = self.refine.as_ref().expect("a refiner is set");
         let default = state.options.candidate(state.runner.refiner());
+        if !state.options.gate {
+            return Ok(GateReport { shots: 0, pass1: f64::NAN, candidates: Vec::new(), chosen: Some(default) });
+        }
         let hashes: Vec<Option<u64>> = (0..MAX_SHOTS).map(|slot| self.cache.hash(slot)).collect();
         let mut distinct: Vec<usize> = Vec::new();
         for slot in 0..MAX_SHOTS {
             if hashes[slot].is_some() && !distinct.iter().any(|&d| hashes[d] == hashes[slot]) {
                 distinct.push(slot);
             }
-        }
-        if !state.options.gate {
-            return Ok(GateReport { shots: 0, pass1: f64::NAN, candidates: Vec::new(), chosen: Some(default) });
         }
         // Each shot from the others; a single shot from itself (the only estimate there is).
         let alone = distinct.len() == 1;
@@ -427,12 +428,9 @@ impl Session {
         let n = distinct.len() as f64;
         let scored: Vec<_> = candidates.into_iter().zip(sums.into_iter().map(|s| s / n)).collect();
         let pass1 = pass1 / n;
-        log::info!(
-            "refine gate on {} shots: pass 1 {pass1:.3}, best {:?}",
-            distinct.len(),
-            gate::choose(pass1, &scored)
-        );
-        Ok(GateReport { shots: distinct.len(), pass1, chosen: gate::choose(pass1, &scored), candidates: scored })
+        let chosen = gate::choose(pass1, &scored);
+        log::info!("refine gate on {} shots: pass 1 {pass1:.3}, chosen {chosen:?}", distinct.len());
+        Ok(GateReport { shots: distinct.len(), pass1, chosen, candidates: scored })
     }
 
     /// The box (frame pixels) the last segmented frame was refined in (with a box per blob, the
