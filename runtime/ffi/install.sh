@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds libsegicl in release and installs it under PREFIX:
-#   PREFIX/lib/libsegicl.so.1 (+ libsegicl.so → libsegicl.so.1), PREFIX/lib/libsegicl.a,
+#   PREFIX/lib/libsegicl.so.2 (+ libsegicl.so → libsegicl.so.2), PREFIX/lib/libsegicl.a,
 #   PREFIX/include/segicl.h, PREFIX/lib/pkgconfig/segicl.pc
 # Usage: bash runtime/ffi/install.sh PREFIX
 # Environment: SEGICL_PROFILE=dev for a debug build (default release); SEGICL_TARGET=TRIPLE to

@@ -60,9 +60,10 @@ impl ContextCache {
         self.hashes.get(&slot).copied()
     }
 
-    /// A slot holding a shot with content hash `hash`.
-    pub fn slot_with(&self, hash: u64) -> Option<usize> {
-        self.hashes.iter().find(|(_, h)| **h == hash).map(|(s, _)| *s)
+    /// The slots holding a shot with content hash `hash` (a hash match is a candidate: compare
+    /// the shots themselves before reusing one).
+    pub fn slots_with(&self, hash: u64) -> impl Iterator<Item = usize> + '_ {
+        self.hashes.iter().filter(move |(_, h)| **h == hash).map(|(s, _)| *s)
     }
 
     /// The tokens of `slot` (T×D).
@@ -128,7 +129,7 @@ mod tests {
         c.store(1, 42, &[1.0; 6]);
         assert_eq!(c.valid(), &[0.0, 0.0, 1.0, 1.0, 0.0, 0.0]);
         assert_eq!(&c.ctx()[6..12], &[1.0; 6]);
-        assert_eq!(c.slot_with(42), Some(1));
+        assert_eq!(c.slots_with(42).collect::<Vec<_>>(), [1]);
         c.copy(1, 2);
         assert_eq!(c.tokens(2), &[1.0; 6]);
         assert_eq!(c.len(), 2);

@@ -2,6 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
+use image::ImageEncoder;
+
 use crate::error::{Error, Result};
 use crate::image::{OwnedImage, PixelFormat};
 
@@ -81,13 +83,17 @@ fn decode(path: &Path) -> Result<image::DynamicImage> {
     reader.decode().map_err(|e| Error::invalid(format!("{}: cannot decode image: {e}", path.display())))
 }
 
-/// Saves an 8-bit image (gray8 or rgb8) as PNG.
+/// Saves an 8-bit image (gray8 or rgb8) as PNG, written to a temporary file beside `path` and
+/// renamed over it, so a failure (a full disk) never leaves a truncated file under its name.
 pub fn save_png(path: &Path, img: &OwnedImage) -> Result<()> {
     let color = match img.format {
         PixelFormat::Gray8 => image::ExtendedColorType::L8,
         PixelFormat::Rgb8 => image::ExtendedColorType::Rgb8,
         other => return Err(Error::invalid(format!("cannot save {} as PNG here", other.name()))),
     };
-    image::save_buffer(path, &img.data, img.width as u32, img.height as u32, color)
-        .map_err(|e| Error::invalid(format!("{}: cannot write PNG: {e}", path.display())))
+    let mut png = Vec::new();
+    image::codecs::png::PngEncoder::new(&mut png)
+        .write_image(&img.data, img.width as u32, img.height as u32, color)
+        .map_err(|e| Error::invalid(format!("{}: cannot encode PNG: {e}", path.display())))?;
+    crate::format::write_atomically(path, &png)
 }

@@ -86,10 +86,19 @@ impl EngineMetadata {
     }
 }
 
-/// Checks a thread count of [`EngineOptions`].
+/// Most threads a graph may use: four per core of this machine, and never more than 256.
+pub fn max_threads() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (4 * cores).min(256)
+}
+
+/// Checks a thread count of [`EngineOptions`]: at least 1, at most [`max_threads`].
 pub(crate) fn check_threads(threads: usize) -> Result<()> {
-    if threads == 0 {
-        return Err(Error::invalid("threads must be at least 1"));
+    let max = max_threads();
+    if !(1..=max).contains(&threads) {
+        return Err(Error::invalid(format!(
+            "threads {threads} is outside 1..={max} (four per core of this machine, at most 256)"
+        )));
     }
     Ok(())
 }

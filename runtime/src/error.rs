@@ -59,6 +59,15 @@ pub enum Error {
     /// `segment` was called before any shot was set.
     #[error("no shots: set at least one shot (image and mask) or use the engine's default shots before segmenting")]
     NoShots,
+    /// A graph produced NaN or infinite values: the engine's weights are damaged or overflow.
+    /// Nothing derived from them (a mask, a cached shot) is kept.
+    #[error("{graph}: {what} hold NaN or infinite values; the engine's weights are damaged or overflow (rebuild or re-quantise it)")]
+    NonFinite {
+        /// The graph (`encoder`, `decoder`, `refiner decoder`).
+        graph: &'static str,
+        /// Its output (`the context tokens`, `the logits`).
+        what: &'static str,
+    },
     /// The requested backend cannot run here.
     #[error("backend {backend}: {what}")]
     Backend {
@@ -70,6 +79,14 @@ pub enum Error {
 }
 
 impl Error {
+    /// `Ok` if every value of `values` (an output of `graph`) is finite, else [`Error::NonFinite`].
+    pub fn check_finite(values: &[f32], graph: &'static str, what: &'static str) -> Result<()> {
+        match values.iter().all(|v| v.is_finite()) {
+            true => Ok(()),
+            false => Err(Error::NonFinite { graph, what }),
+        }
+    }
+
     /// An [`Error::InvalidArgument`] with the given message.
     pub fn invalid(what: impl Into<String>) -> Self {
         Error::InvalidArgument(what.into())

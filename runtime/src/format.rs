@@ -1,8 +1,8 @@
 //! The engine file, format v1: a checksummed header, a section table and 4096-byte aligned
-//! section payloads, read through a memory map. `docs/engine-format.md` is the specification.
+//! section payloads, read into memory once and verified. `docs/engine-format.md` is the specification.
 
 use std::fs::File;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -324,28 +324,62 @@ fn not_an_engine(bytes: &[u8], path: &Path) -> Error {
     Error::NotAnEngine { path: path.to_path_buf(), hint }
 }
 
-/// An engine file mapped into memory and verified.
-#[derive(Debug)]
+/// One 4096-byte aligned page of an engine file read into memory.
+#[derive(Clone, Copy)]
+#[repr(C, align(4096))]
+struct Page([u8; ALIGNMENT]);
+
+/// An engine file read into memory and verified.
+///
+/// The whole file is read once into page-aligned memory owned by this value, and every payload
+/// is verified and used from that copy; nothing reads the file again. Another process that
+/// rewrites or truncates the file in place therefore cannot change what was verified or crash
+/// this one (a memory map of it could do both: its pages change with the file, and a page cut
+/// off by truncation raises SIGBUS). Payloads keep their 4096-byte alignment in memory.
 pub struct EngineFile {
     path: PathBuf,
-    map: memmap2::Mmap,
+    pages: Vec<Page>,
+    len: usize,
     layout: Layout,
 }
 
+impl std::fmt::Debug for EngineFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineFile").field("path", &self.path).field("len", &self.len).finish()
+    }
+}
+
+/// The largest engine file this runtime reads (a bound against reading a device or a huge file
+/// into memory).
+pub const MAX_FILE_LEN: u64 = 1 << 31;
+
 impl EngineFile {
-    /// Maps `path` and verifies every checksum, bound and padding byte.
+    /// Reads `path` into memory and verifies every checksum, bound and padding byte. Anything
+    /// but a regular file (a directory, a FIFO, a device) is refused at once, without blocking.
     pub fn open(path: &Path) -> Result<EngineFile> {
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let mut file = open_regular(path)?;
         let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
         if len == 0 {
             return Err(not_an_engine(&[], path));
         }
-        // SAFETY: the map is read-only and private to this process; the bytes are verified below
-        // and only read. A file modified by another process while mapped is outside our contract
-        // (documented in docs/engine-format.md).
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        let layout = Layout::verify(&map, path)?;
-        Ok(EngineFile { path: path.to_path_buf(), map, layout })
+        if len > MAX_FILE_LEN {
+            return Err(Error::Corrupt {
+                path: path.to_path_buf(),
+                what: format!("file is {len} bytes, over the {MAX_FILE_LEN}-byte limit of an engine file"),
+            });
+        }
+        let len = len as usize;
+        let mut pages = vec![Page([0; ALIGNMENT]); len.div_ceil(ALIGNMENT)];
+        let bytes = &mut pages_bytes_mut(&mut pages)[..len];
+        file.read_exact(bytes).map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => Error::Corrupt {
+                path: path.to_path_buf(),
+                what: format!("the file became shorter than {len} bytes while it was read (changed in place?)"),
+            },
+            _ => Error::io(path, e),
+        })?;
+        let layout = Layout::verify(bytes, path)?;
+        Ok(EngineFile { path: path.to_path_buf(), pages, len, layout })
     }
 
     /// Where the file was opened from.
@@ -358,20 +392,53 @@ impl EngineFile {
         &self.layout
     }
 
-    /// The payload of section `tag`, borrowed from the map.
+    /// The payload of section `tag`, borrowed from the verified copy (4096-byte aligned).
     pub fn section(&self, tag: Tag) -> Option<&[u8]> {
-        self.layout.find(tag).map(|s| &self.map[s.range()])
+        self.layout.find(tag).map(|s| &self.bytes()[s.range()])
     }
 
     /// Total file length in bytes.
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.len
     }
 
     /// True if the file has no bytes (never, for a verified file).
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.len == 0
     }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: `Page` is `repr(C)` around a byte array with no padding, so the pages are
+        // `pages.len() * ALIGNMENT` initialised bytes in one allocation, and `len` ≤ that.
+        unsafe { std::slice::from_raw_parts(self.pages.as_ptr().cast::<u8>(), self.len) }
+    }
+}
+
+fn pages_bytes_mut(pages: &mut [Page]) -> &mut [u8] {
+    // SAFETY: as in `EngineFile::bytes`; the borrow of `pages` is exclusive.
+    unsafe { std::slice::from_raw_parts_mut(pages.as_mut_ptr().cast::<u8>(), pages.len() * ALIGNMENT) }
+}
+
+/// Opens `path` for reading if it is a regular file. The open does not block (a FIFO would wait
+/// for a writer) and the type is checked on the opened file, so it cannot change in between.
+fn open_regular(path: &Path) -> Result<File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = options.open(path).map_err(|e| Error::io(path, e))?;
+    let kind = file.metadata().map_err(|e| Error::io(path, e))?.file_type();
+    if !kind.is_file() {
+        let what = if kind.is_dir() { "a directory" } else { "not a regular file (a FIFO, socket or device)" };
+        return Err(Error::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("is {what}; an engine is a regular file")),
+        ));
+    }
+    Ok(file)
 }
 
 #[cfg(test)]

@@ -248,11 +248,30 @@ impl OwnedImage {
 
     /// A packed copy of `view`'s pixels.
     pub fn from_view(view: &ImageView) -> Self {
-        let mut data = Vec::with_capacity(view.width * view.height * view.format.bytes_per_pixel());
+        let mut image = OwnedImage {
+            width: 0,
+            height: 0,
+            format: view.format,
+            data: Vec::with_capacity(view.width * view.height * view.format.bytes_per_pixel()),
+        };
+        image.copy_from(view);
+        image
+    }
+
+    /// Whether `view` has this image's size, format and pixels (stride padding ignored).
+    pub fn holds(&self, view: &ImageView) -> bool {
+        let row = self.width * self.format.bytes_per_pixel();
+        (self.width, self.height, self.format) == (view.width, view.height, view.format)
+            && (0..view.height).all(|y| view.row(y) == &self.data[y * row..(y + 1) * row])
+    }
+
+    /// Replaces this image by a packed copy of `view`, reusing its buffer.
+    pub fn copy_from(&mut self, view: &ImageView) {
+        (self.width, self.height, self.format) = (view.width, view.height, view.format);
+        self.data.clear();
         for y in 0..view.height {
-            data.extend_from_slice(view.row(y));
+            self.data.extend_from_slice(view.row(y));
         }
-        OwnedImage { width: view.width, height: view.height, format: view.format, data }
     }
 
     /// Borrows the pixels as a view.

@@ -17,6 +17,7 @@ pub mod engine;
 pub mod error;
 pub mod evaluation;
 pub mod format;
+pub mod guard;
 pub mod image;
 pub mod manifest;
 pub mod metrics;

@@ -48,6 +48,44 @@ pub enum Normalisation {
     },
 }
 
+impl Normalisation {
+    /// Checks a `mean_std` rule for `channels` channels: one finite mean in ±[`MAX_MEAN`] and one
+    /// std in [`MIN_STD`]..=[`MAX_MEAN`] per channel, so that a normalised value stays finite.
+    pub fn check(&self, channels: usize) -> std::result::Result<(), String> {
+        if let Normalisation::MeanStd { mean, std } = self {
+            let means = mean.iter().all(|v| v.is_finite() && v.abs() <= MAX_MEAN);
+            let stds = std.iter().all(|v| v.is_finite() && (MIN_STD..=MAX_MEAN).contains(v));
+            if mean.len() != channels || std.len() != channels || !means || !stds {
+                return Err(format!(
+                    "mean_std normalisation needs {channels} means within ±{MAX_MEAN} and {channels} stds \
+                     within {MIN_STD}..={MAX_MEAN}"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Bound on a normalisation mean (and std): pixel values are 0..=1.
+pub const MAX_MEAN: f32 = 1e3;
+/// Smallest normalisation std: a smaller one turns pixel steps into huge values.
+pub const MIN_STD: f32 = 1e-3;
+
+/// Checks a tensor table: no name twice within a graph and direction (in linear time), and every
+/// shape non-empty with at most `max_elements` elements.
+pub(crate) fn check_tensor_table(tensors: &[TensorSpec], max_elements: usize) -> std::result::Result<(), String> {
+    let mut seen = std::collections::HashSet::with_capacity(tensors.len());
+    for t in tensors {
+        if !seen.insert((t.graph, t.direction, t.name.as_str())) {
+            return Err(format!("tensor `{}` appears twice in the {:?} {:?} rows", t.name, t.graph, t.direction));
+        }
+        if t.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).is_none_or(|n| n == 0 || n > max_elements) {
+            return Err(format!("tensor `{}` of shape {:?} is empty or too large", t.name, t.shape));
+        }
+    }
+    Ok(())
+}
+
 /// Element type of a tensor or of a graph's weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -61,7 +99,7 @@ pub enum DType {
 }
 
 /// Which graph a tensor belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Graph {
     /// The encoder graph.
@@ -71,7 +109,7 @@ pub enum Graph {
 }
 
 /// Input or output.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     /// Fed to the graph.
@@ -228,19 +266,8 @@ impl Manifest {
         if int8 != self.calibration.is_some() {
             return bad("an int8 graph needs a calibration record, and only an int8 graph has one".into());
         }
-        if let Normalisation::MeanStd { mean, std } = &self.normalisation {
-            if mean.len() != c || std.len() != c || std.iter().any(|&v| v.is_nan() || v <= 0.0) {
-                return bad(format!("mean_std normalisation needs {c} means and {c} positive stds"));
-            }
-        }
-        for (i, a) in self.tensors.iter().enumerate() {
-            if self.tensors[..i].iter().any(|b| (b.graph, b.direction, &b.name) == (a.graph, a.direction, &a.name)) {
-                return bad(format!("tensor `{}` appears twice in the {:?} {:?} rows", a.name, a.graph, a.direction));
-            }
-            if a.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).is_none_or(|n| n > 1 << 28) {
-                return bad(format!("tensor `{}` of shape {:?} is too large", a.name, a.shape));
-            }
-        }
+        self.normalisation.check(c).or_else(bad)?;
+        check_tensor_table(&self.tensors, 1 << 28).or_else(bad)?;
         let expect = |graph, direction, name: &str, shape: &[usize]| -> Result<()> {
             let spec = self.spec(graph, direction, name)?;
             if spec.shape != shape {

@@ -47,29 +47,35 @@ impl Preprocessor {
     /// A pixel of the R×R grid is foreground when at least half of its footprint is; a structure
     /// too small for any grid pixel to be half covered keeps every pixel it touches.
     pub fn mask(&self, mask: &ImageView, image: &ImageView, out: &mut [f32]) -> Result<()> {
-        if mask.format() != PixelFormat::Gray8 {
-            return Err(Error::invalid(format!(
-                "mask is {}; masks are gray8 (0 background, ≥128 foreground)",
-                mask.format().name()
-            )));
-        }
-        if (mask.width(), mask.height()) != (image.width(), image.height()) {
-            return Err(Error::invalid(format!(
-                "mask is {}×{} but its image is {}×{}; a shot's mask must match its image",
-                mask.width(),
-                mask.height(),
-                image.width(),
-                image.height()
-            )));
-        }
-        let any = (0..mask.height()).any(|y| mask.row(y).iter().any(|&p| p >= 128));
-        if !any {
-            return Err(Error::invalid("mask is empty: a shot needs at least one foreground pixel (value ≥ 128)"));
-        }
+        check_mask(mask, image)?;
         mask_coverage(mask, (self.resolution, self.resolution), out);
         binarise_coverage(out);
         Ok(())
     }
+}
+
+/// Checks that `mask` can be `image`'s shot mask: gray8, the image's size, some foreground.
+pub fn check_mask(mask: &ImageView, image: &ImageView) -> Result<()> {
+    if mask.format() != PixelFormat::Gray8 {
+        return Err(Error::invalid(format!(
+            "mask is {}; masks are gray8 (0 background, ≥128 foreground)",
+            mask.format().name()
+        )));
+    }
+    if (mask.width(), mask.height()) != (image.width(), image.height()) {
+        return Err(Error::invalid(format!(
+            "mask is {}×{} but its image is {}×{}; a shot's mask must match its image",
+            mask.width(),
+            mask.height(),
+            image.width(),
+            image.height()
+        )));
+    }
+    let any = (0..mask.height()).any(|y| mask.row(y).iter().any(|&p| p >= 128));
+    if !any {
+        return Err(Error::invalid("mask is empty: a shot needs at least one foreground pixel (value ≥ 128)"));
+    }
+    Ok(())
 }
 
 /// Writes `frame` as the colour rule's channels, each a plane of `size` (width, height) area-resized

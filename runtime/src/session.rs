@@ -12,7 +12,7 @@ use crate::image::{ImageView, MaskMut, OwnedImage, Rect};
 use crate::manifest::MAX_SHOTS;
 use crate::metrics::overlap;
 use crate::postprocess::{logits_to_mask, threshold_logit};
-use crate::preprocess::Preprocessor;
+use crate::preprocess::{check_mask, Preprocessor};
 use crate::refine::{gate, GateReport, PixelBox, RefineOptions, RefineRunner, RefineTimings, Refiner};
 use crate::roi::{logits_box, mask_box, RoiOptions};
 use crate::shots::StoredShot;
@@ -151,11 +151,15 @@ impl Session {
     pub fn set_shot(&mut self, slot: usize, image: &ImageView, mask: &ImageView) -> Result<ShotUpdate> {
         check_slot(slot)?;
         let hash = content_hash(image, mask);
-        if self.cache.hash(slot) == Some(hash) {
+        // The hash finds a candidate; only the stored pixels make it the same shot.
+        let holds =
+            |shot: &Option<StoredShot>| shot.as_ref().is_some_and(|s| s.image.holds(image) && s.mask.holds(mask));
+        if self.cache.hash(slot) == Some(hash) && holds(&self.shots[slot]) {
             return Ok(ShotUpdate::Unchanged);
         }
         self.pre.mask(mask, image, &mut self.mask)?;
-        if let Some(from) = self.cache.slot_with(hash) {
+        let same = self.cache.slots_with(hash).find(|&from| holds(&self.shots[from]));
+        if let Some(from) = same {
             self.cache.copy(from, slot);
             if self.roi.is_some() {
                 self.roi_cache.copy(from, slot);
@@ -165,6 +169,7 @@ impl Session {
         }
         self.pre.image(image, &mut self.image);
         self.runner.encode(&self.image, &self.mask, &mut self.tokens)?;
+        Error::check_finite(&self.tokens, "encoder", "the shot's context tokens")?;
         if let Some(roi) = self.roi {
             self.encode_crop(roi, image, mask)?;
             self.roi_cache.store(slot, hash, &self.roi_tokens);
@@ -181,7 +186,8 @@ impl Session {
         let (image, mask) = (image.crop(crop)?, mask.crop(crop)?);
         self.pre.mask(&mask, &image, &mut self.mask)?;
         self.pre.image(&image, &mut self.image);
-        self.runner.encode(&self.image, &self.mask, &mut self.roi_tokens)
+        self.runner.encode(&self.image, &self.mask, &mut self.roi_tokens)?;
+        Error::check_finite(&self.roi_tokens, "encoder", "the shot crop's context tokens")
     }
 
     /// Empties `slot`; returns whether it held a shot.
@@ -234,7 +240,8 @@ impl Session {
         for (slot, shot) in shots.iter().enumerate() {
             let Some(shot) = shot else { continue };
             let hash = self.cache.hash(slot).expect("a stored shot is cached");
-            if let Some(from) = context.slot_with(hash) {
+            let same = context.slots_with(hash).find(|&from| shots[from].as_ref() == Some(shot));
+            if let Some(from) = same {
                 context.copy(from, slot);
                 continue;
             }
@@ -250,6 +257,8 @@ impl Session {
     }
 
     /// Replaces the context with the engine's default shots for `task`; returns how many were set.
+    /// Every stored shot is checked first: one that fails (an empty mask) is an error and leaves
+    /// the context as it was.
     pub fn use_default_shots(&mut self, task: &str) -> Result<usize> {
         let engine = self.engine.clone();
         let shots = engine.default_shots().get(task).ok_or_else(|| {
@@ -259,6 +268,10 @@ impl Session {
                 if known.is_empty() { "none".to_string() } else { known.join(", ") }
             ))
         })?;
+        // Every shot is checked before any slot changes, so a bad stored shot changes nothing.
+        for shot in shots {
+            check_mask(&shot.mask.view(), &shot.image.view())?;
+        }
         for (slot, shot) in shots.iter().enumerate() {
             self.set_shot(slot, &shot.image.view(), &shot.mask.view())?;
         }
@@ -473,6 +486,7 @@ impl Session {
             context.valid()
         };
         self.runner.decode(context.ctx(), valid, &mut self.logits)?;
+        Error::check_finite(&self.logits, "decoder", "the logits")?;
         let t3 = Instant::now();
         t.preprocess += t1 - t0;
         t.encoder += t2 - t1;
@@ -511,4 +525,36 @@ fn check_slot(slot: usize) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::PixelFormat;
+    use crate::synthetic::{sample, Task};
+    use crate::EngineOptions;
+
+    fn shot(seed: u64) -> (OwnedImage, OwnedImage) {
+        let (image, mask) = sample(Task::UsLesion, seed);
+        let mask = OwnedImage { width: image.width, height: image.height, format: PixelFormat::Gray8, data: mask };
+        (image, mask)
+    }
+
+    /// Two different shots whose content hashes collide (forged here by storing the second's hash
+    /// with the first's tokens) are still told apart by their pixels.
+    #[test]
+    fn a_hash_collision_does_not_make_a_different_shot_unchanged() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/prototype.plan");
+        let mut session = Engine::open(path, &EngineOptions::default()).unwrap().session().unwrap();
+        let ((a, a_mask), (b, b_mask)) = (shot(1), shot(2));
+        assert_eq!(session.set_shot(0, &a.view(), &a_mask.view()).unwrap(), ShotUpdate::Encoded);
+        let forged = content_hash(&b.view(), &b_mask.view());
+        let tokens = session.cache.tokens(0).to_vec();
+        session.cache.store(0, forged, &tokens);
+        assert_eq!(session.set_shot(1, &b.view(), &b_mask.view()).unwrap(), ShotUpdate::Encoded, "copied from A");
+        session.cache.store(0, forged, &tokens);
+        // Slot 0 claims B's hash but holds A: B is copied from slot 1, which holds it.
+        assert_eq!(session.set_shot(0, &b.view(), &b_mask.view()).unwrap(), ShotUpdate::Copied, "kept A");
+        assert_eq!(session.set_shot(0, &b.view(), &b_mask.view()).unwrap(), ShotUpdate::Unchanged);
+    }
 }

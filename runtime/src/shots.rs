@@ -7,6 +7,9 @@ use crate::error::{Error, Result};
 use crate::image::{OwnedImage, PixelFormat};
 use crate::manifest::MAX_SHOTS;
 
+/// Most tasks a SHOTS section may hold.
+pub const MAX_TASKS: usize = 256;
+
 /// One stored shot: an image and its 0/255 gray8 mask of the same size.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredShot {
@@ -57,13 +60,18 @@ impl DefaultShots {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
         let mut r = Reader { bytes, at: 0 };
         let count = r.u32()? as usize;
+        if count > MAX_TASKS {
+            return Err(r.bad(&format!("{count} tasks, over the limit of {MAX_TASKS}")));
+        }
         let mut tasks = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for _ in 0..count {
             let len = r.u32()? as usize;
-            let name = std::str::from_utf8(r.take(len)?).map_err(|_| r.bad("a task name is not UTF-8"))?.to_string();
-            if tasks.iter().any(|(t, _)| *t == name) {
+            let name = std::str::from_utf8(r.take(len)?).map_err(|_| r.bad("a task name is not UTF-8"))?;
+            if !seen.insert(name) {
                 return Err(r.bad(&format!("task `{name}` appears twice")));
             }
+            let name = name.to_string();
             let n = r.u32()? as usize;
             if n == 0 || n > MAX_SHOTS {
                 return Err(r.bad(&format!("task `{name}` has {n} shots; 1 to {MAX_SHOTS} allowed")));

@@ -302,9 +302,18 @@ fn bad_inputs_fail_with_one_clear_line() {
             vec!["liver", "optic-disc"],
         ),
     ];
+    cases.push((
+        vec!["eval".into(), "--synthetic".into(), "us-lesion".into(), "--draws".into(), "0".into()],
+        vec!["--draws must be at least 1"],
+    ));
+    let segment = ["segment", "--task", "us-lesion", "--query", &img(2), "--out", &out].map(String::from);
+    cases.push(([["--threads".into(), "100000".into()].as_slice(), &segment].concat(), vec!["threads 100000"]));
+    cases.push((
+        vec!["--engine".into(), out.clone(), "inspect".into()],
+        vec!["is a directory; an engine is a regular file"],
+    ));
     if !cfg!(any(feature = "cuda-12", feature = "cuda-13")) {
         // A build without the CUDA backend (with it, `tests/cuda_cli.rs` checks `--backend cuda`).
-        let segment = ["segment", "--task", "us-lesion", "--query", &img(2), "--out", &out].map(String::from);
         let args = [["--backend".into(), "cuda".into()].as_slice(), &segment].concat();
         cases.push((args, vec!["this build has no CUDA backend", "--backend cpu"]));
     }
@@ -322,6 +331,48 @@ fn bad_inputs_fail_with_one_clear_line() {
             assert!(t.contains(w), "{args:?}: `{t}` lacks `{w}`");
         }
     }
+}
+
+/// `segment` loses nothing: two queries that would write the same mask are refused before any
+/// work; a bad query is reported and the others are still written; a mask that cannot be written
+/// is an I/O error and leaves nothing half-written under its name.
+#[test]
+fn segment_output_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    write_samples(&data, Task::UsLesion, 1..4);
+    let img = |n: u64| data.join(format!("images/{n}.png")).to_str().unwrap().to_string();
+    let other = dir.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::copy(img(3), other.join("2.png")).unwrap();
+    let garbage = dir.path().join("garbage.png");
+    std::fs::write(&garbage, b"not a png").unwrap();
+    let out = dir.path().join("out");
+    let prototype = engine();
+    let segment = |queries: &[&str]| {
+        let mut args = vec!["--engine", p(&prototype), "segment", "--task", "us-lesion", "--out", p(&out), "--query"];
+        args.extend(queries);
+        run(&args)
+    };
+
+    let o = segment(&[&img(2), p(&other.join("2.png"))]);
+    assert!(!o.status.success() && text(&o).contains("would both write 2.mask.png"), "{}", text(&o));
+    assert!(!out.exists(), "nothing is written when two queries collide");
+
+    let o = segment(&[&img(1), p(&garbage), &img(2)]);
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(t.contains("garbage.png") && t.contains("1 of 3 queries failed"), "{t}");
+    assert!(out.join("1.mask.png").is_file() && out.join("2.mask.png").is_file(), "{t}");
+    assert!(!out.join("garbage.mask.png").exists());
+
+    std::fs::remove_file(out.join("1.mask.png")).unwrap();
+    std::fs::create_dir(out.join("1.mask.png")).unwrap();
+    let o = segment(&[&img(1)]);
+    let t = text(&o);
+    assert!(!o.status.success() && t.contains("1.mask.png") && !t.contains("invalid argument"), "{t}");
+    let left: Vec<_> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(!left.iter().any(|n| n.to_string_lossy().contains("partial")), "{left:?}");
 }
 
 #[test]

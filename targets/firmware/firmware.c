@@ -105,8 +105,8 @@ int main(int argc, char **argv) {
     for (int k = 0; k < pairs; k++) {
       uint8_t *img = read_raw(argv[5 + 2 * k], (size_t)w * h);
       uint8_t *msk = read_raw(argv[6 + 2 * k], (size_t)w * h);
-      SegiclImage image = {img, w, h, w, SEGICL_PIXEL_GRAY8};
-      SegiclImage mask = {msk, w, h, w, SEGICL_PIXEL_GRAY8};
+      SegiclImage image = {img, (size_t)w * h, w, h, w, SEGICL_PIXEL_GRAY8};
+      SegiclImage mask = {msk, (size_t)w * h, w, h, w, SEGICL_PIXEL_GRAY8};
       check(segicl_set_shot(session, (uint32_t)k, &image, &mask), "segicl_set_shot");
       free(img); /* the session keeps what it needs */
       free(msk);
@@ -122,8 +122,8 @@ int main(int argc, char **argv) {
   double *ms = malloc(sizeof(double) * (size_t)n);
   for (int i = 0; i < n; i++) {
     synth_frame(frame, i);
-    SegiclImage img = {frame, FW, FH, FW, SEGICL_PIXEL_GRAY8};
-    SegiclMask out = {mask, FW, FH, FW};
+    SegiclImage img = {frame, (size_t)FW * FH, FW, FH, FW, SEGICL_PIXEL_GRAY8};
+    SegiclMask out = {mask, (size_t)FW * FH, FW, FH, FW};
     double t0 = now_ms();
     check(segicl_segment(session, &img, &out), "segicl_segment");
     ms[i] = now_ms() - t0;

@@ -11,7 +11,7 @@
 #include <stdlib.h>
 
 // ABI version: bumped on any incompatible change of the functions or structs below.
-#define SEGICL_ABI_VERSION 1
+#define SEGICL_ABI_VERSION 2
 
 // [`SegiclOptions::refine_box_rule`]: the box surrounds the largest 8-connected blob of the
 // first pass's mask (ignores stray specks).
@@ -55,6 +55,9 @@ typedef enum {
   SEGICL_ERR_BACKEND,
   // A bug: a panic was caught at the boundary.
   SEGICL_ERR_INTERNAL,
+  // A graph produced NaN or infinite values (damaged or overflowing weights); no mask or shot
+  // was kept.
+  SEGICL_ERR_NON_FINITE,
 } SegiclStatus;
 
 // Pixel layout of a [`SegiclImage`].
@@ -114,10 +117,14 @@ typedef struct {
   uint32_t refine_gate;
 } SegiclOptions;
 
-// A caller-owned image: `height` rows of `width` pixels, rows `stride_bytes` apart.
+// A caller-owned image: `height` rows of `width` pixels, rows `stride_bytes` apart, in a
+// buffer of `data_len` readable bytes (at least `stride_bytes × (height − 1) + width × bytes
+// per pixel`; the library checks it and reads nothing past it).
 typedef struct {
   // First byte of the first row.
   const uint8_t *data;
+  // Bytes readable from `data`.
+  size_t data_len;
   // Width in pixels.
   uint32_t width;
   // Height in pixels.
@@ -128,10 +135,14 @@ typedef struct {
   SegiclPixelFormat format;
 } SegiclImage;
 
-// A caller-owned mask the size of the frame; written as 0 (background) or 255 (foreground).
+// A caller-owned mask the size of the frame, in a buffer of `data_len` writable bytes (at
+// least `stride_bytes × (height − 1) + width`); written as 0 (background) or 255 (foreground),
+// and nothing past `data_len` or between rows is touched.
 typedef struct {
   // First byte of the first row.
   uint8_t *data;
+  // Bytes writable from `data`.
+  size_t data_len;
   // Width in pixels (must equal the frame's).
   uint32_t width;
   // Height in pixels (must equal the frame's).
@@ -190,7 +201,8 @@ void segicl_session_free(SegiclSession *session);
 // foreground). Setting the same shot again costs only a hash.
 //
 // # Safety
-// `s` is NULL or a live session; `image` and `mask` are NULL or valid images.
+// `s` is NULL or a live session; `image` and `mask` are NULL or images whose `data` is NULL or
+// points to `data_len` readable bytes.
 SegiclStatus segicl_set_shot(SegiclSession *s,
                              uint32_t slot,
                              const SegiclImage *image,
@@ -212,7 +224,7 @@ SegiclStatus segicl_use_default_shots(SegiclSession *s, const char *task);
 //
 // # Safety
 // `s` is NULL or a live session; `frame` is NULL or a valid image; `out` is NULL or a mask whose
-// `data` covers `stride_bytes × (height − 1) + width` writable bytes.
+// `data` is NULL or points to `data_len` writable bytes.
 SegiclStatus segicl_segment(SegiclSession *s, const SegiclImage *frame, SegiclMask *out);
 
 // This thread's last failure message; "" after a success. Valid until this thread's next call.

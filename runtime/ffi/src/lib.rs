@@ -22,7 +22,7 @@ use segicl::{
 };
 
 /// ABI version: bumped on any incompatible change of the functions or structs below.
-pub const SEGICL_ABI_VERSION: u32 = 1;
+pub const SEGICL_ABI_VERSION: u32 = 2;
 
 /// Result of a call. Codes are never reused.
 #[repr(C)]
@@ -44,6 +44,9 @@ pub enum SegiclStatus {
     SEGICL_ERR_BACKEND,
     /// A bug: a panic was caught at the boundary.
     SEGICL_ERR_INTERNAL,
+    /// A graph produced NaN or infinite values (damaged or overflowing weights); no mask or shot
+    /// was kept.
+    SEGICL_ERR_NON_FINITE,
 }
 use SegiclStatus::*;
 
@@ -77,11 +80,15 @@ pub enum SegiclBackend {
     SEGICL_BACKEND_TENSORRT,
 }
 
-/// A caller-owned image: `height` rows of `width` pixels, rows `stride_bytes` apart.
+/// A caller-owned image: `height` rows of `width` pixels, rows `stride_bytes` apart, in a
+/// buffer of `data_len` readable bytes (at least `stride_bytes × (height − 1) + width × bytes
+/// per pixel`; the library checks it and reads nothing past it).
 #[repr(C)]
 pub struct SegiclImage {
     /// First byte of the first row.
     pub data: *const u8,
+    /// Bytes readable from `data`.
+    pub data_len: usize,
     /// Width in pixels.
     pub width: u32,
     /// Height in pixels.
@@ -92,11 +99,15 @@ pub struct SegiclImage {
     pub format: SegiclPixelFormat,
 }
 
-/// A caller-owned mask the size of the frame; written as 0 (background) or 255 (foreground).
+/// A caller-owned mask the size of the frame, in a buffer of `data_len` writable bytes (at
+/// least `stride_bytes × (height − 1) + width`); written as 0 (background) or 255 (foreground),
+/// and nothing past `data_len` or between rows is touched.
 #[repr(C)]
 pub struct SegiclMask {
     /// First byte of the first row.
     pub data: *mut u8,
+    /// Bytes writable from `data`.
+    pub data_len: usize,
     /// Width in pixels (must equal the frame's).
     pub width: u32,
     /// Height in pixels (must equal the frame's).
@@ -162,6 +173,7 @@ pub struct SegiclOptions {
 #[derive(Clone, Copy)]
 struct RawImage {
     data: *const u8,
+    data_len: usize,
     width: u32,
     height: u32,
     stride_bytes: u32,
@@ -257,6 +269,7 @@ impl From<Error> for Failure {
             Error::InvalidArgument(_) => SEGICL_ERR_INVALID_ARGUMENT,
             Error::NoShots => SEGICL_ERR_NO_SHOTS,
             Error::Backend { .. } => SEGICL_ERR_BACKEND,
+            Error::NonFinite { .. } => SEGICL_ERR_NON_FINITE,
         };
         Failure(status, e.to_string())
     }
@@ -268,7 +281,7 @@ fn invalid(message: impl Into<String>) -> Failure {
 
 /// Runs `body`, catching panics; records the message of any failure and returns the status.
 fn boundary(body: impl FnOnce() -> Result<(), Failure>) -> SegiclStatus {
-    match catch_unwind(AssertUnwindSafe(body)) {
+    match segicl::guard::no_panic(body) {
         Ok(Ok(())) => {
             clear_last_error();
             SEGICL_OK
@@ -278,12 +291,7 @@ fn boundary(body: impl FnOnce() -> Result<(), Failure>) -> SegiclStatus {
             status
         }
         Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            set_last_error(&format!("internal error (please report): {what}"));
+            set_last_error(&format!("internal error (please report): {panic}"));
             SEGICL_ERR_INTERNAL
         }
     }
@@ -316,11 +324,26 @@ unsafe fn text<'a>(ptr: *const c_char, what: &str) -> Result<&'a str, Failure> {
     unsafe { CStr::from_ptr(ptr) }.to_str().map_err(|_| invalid(format!("{what} is not UTF-8")))
 }
 
+/// A NUL-terminated path argument: any bytes on Unix (paths need not be UTF-8), UTF-8 elsewhere.
+///
+/// # Safety
+/// `ptr` is NULL or points to a NUL-terminated string.
+unsafe fn path_arg<'a>(ptr: *const c_char, what: &str) -> Result<&'a std::path::Path, Failure> {
+    if ptr.is_null() {
+        return Err(invalid(format!("{what} is NULL")));
+    }
+    let bytes = unsafe { CStr::from_ptr(ptr) }.to_bytes();
+    #[cfg(unix)]
+    return Ok(std::path::Path::new(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(bytes)));
+    #[cfg(not(unix))]
+    std::str::from_utf8(bytes).map(std::path::Path::new).map_err(|_| invalid(format!("{what} is not UTF-8")))
+}
+
 /// A view over a caller's image, after checking every field.
 ///
 /// # Safety
-/// `image` is NULL or points to a `SegiclImage` whose `data` covers `stride_bytes × (height − 1)
-/// + width × bytes per pixel` readable bytes.
+/// `image` is NULL or points to a `SegiclImage` whose `data` is NULL or points to `data_len`
+/// readable bytes.
 unsafe fn image_view<'a>(image: *const SegiclImage, what: &str) -> Result<ImageView<'a>, Failure> {
     let image = unsafe { arg(image.cast::<RawImage>(), what) }?;
     let format = match image.format {
@@ -338,13 +361,31 @@ unsafe fn image_view<'a>(image: *const SegiclImage, what: &str) -> Result<ImageV
     if w == 0 || h == 0 {
         return Err(invalid(format!("{what} is {w}×{h}: both sides must be at least 1 pixel")));
     }
-    let row = w * format.bytes_per_pixel();
+    let Some(row) = w.checked_mul(format.bytes_per_pixel()) else {
+        return Err(invalid(format!("{what}: a row of {w} pixels does not fit in memory")));
+    };
     if stride < row {
         return Err(invalid(format!("{what}: stride {stride} is smaller than a row of {w} pixels ({row} bytes)")));
     }
-    let len = stride * (h - 1) + row;
+    let len = extent(stride, h, row, image.data_len, what)?;
+    // SAFETY: the caller promises `data_len` readable bytes at `data`, and `len` ≤ `data_len`.
     let bytes = unsafe { std::slice::from_raw_parts(image.data, len) };
     ImageView::new(bytes, w, h, stride, format).map_err(|e| Failure::from(e).with_context(what))
+}
+
+/// Bytes spanned by `height` rows of `row` bytes, `stride` apart, checked against the caller's
+/// `data_len` and against the largest slice there can be.
+fn extent(stride: usize, height: usize, row: usize, data_len: usize, what: &str) -> Result<usize, Failure> {
+    let len = stride.checked_mul(height - 1).and_then(|n| n.checked_add(row)).filter(|&n| n <= isize::MAX as usize);
+    let Some(len) = len else {
+        return Err(invalid(format!("{what}: {height} rows of stride {stride} do not fit in memory")));
+    };
+    if len > data_len {
+        return Err(invalid(format!(
+            "{what}: data_len {data_len} is smaller than the {len} bytes its size and stride span"
+        )));
+    }
+    Ok(len)
 }
 
 impl Failure {
@@ -423,7 +464,7 @@ pub unsafe extern "C" fn segicl_engine_open(
         if out.is_null() {
             return Err(invalid("out is NULL"));
         }
-        let path = unsafe { text(path, "path") }?;
+        let path = unsafe { path_arg(path, "path") }?;
         let opts = if opts.is_null() { default_options() } else { unsafe { read_options(opts) }? };
         let backend = match opts.v1.backend {
             0 => BackendChoice::Auto,
@@ -446,10 +487,13 @@ pub unsafe extern "C" fn segicl_engine_open(
             return Err(invalid(format!("threshold {t} is not 0 (engine default) or strictly between 0 and 1")));
         };
         let refine_options = refine_options(&opts)?;
-        let refiner_path =
-            if opts.refiner_path.is_null() { None } else { Some(unsafe { text(opts.refiner_path, "refiner_path") }?) };
+        let refiner_path = if opts.refiner_path.is_null() {
+            None
+        } else {
+            Some(unsafe { path_arg(opts.refiner_path, "refiner_path") }?)
+        };
         install_logger();
-        let options = EngineOptions { backend, threads: opts.v1.threads.max(1) as usize };
+        let options = EngineOptions { backend, threads: (opts.v1.threads as usize).max(1) };
         let engine = Engine::open(path, &options)?;
         let refine = match refiner_path {
             None => None,
@@ -489,8 +533,10 @@ fn refine_options(opts: &RawOptions) -> Result<RefineOptions, Failure> {
 }
 
 /// A failure to open the refiner at `path`, its message naming the file.
-fn refiner_failure(path: &str, e: Error) -> Failure {
+fn refiner_failure(path: &std::path::Path, e: Error) -> Failure {
     let Failure(status, message) = Failure::from(e);
+    let path = path.display().to_string();
+    let path = path.as_str();
     let message = match message.strip_prefix(path) {
         Some(rest) => format!("refiner {path}{rest}"),
         None => format!("refiner {path}: {message}"),
@@ -566,7 +612,8 @@ pub unsafe extern "C" fn segicl_session_free(session: *mut SegiclSession) {
 /// foreground). Setting the same shot again costs only a hash.
 ///
 /// # Safety
-/// `s` is NULL or a live session; `image` and `mask` are NULL or valid images.
+/// `s` is NULL or a live session; `image` and `mask` are NULL or images whose `data` is NULL or
+/// points to `data_len` readable bytes.
 #[no_mangle]
 pub unsafe extern "C" fn segicl_set_shot(
     s: *mut SegiclSession,
@@ -614,7 +661,7 @@ pub unsafe extern "C" fn segicl_use_default_shots(s: *mut SegiclSession, task: *
 ///
 /// # Safety
 /// `s` is NULL or a live session; `frame` is NULL or a valid image; `out` is NULL or a mask whose
-/// `data` covers `stride_bytes × (height − 1) + width` writable bytes.
+/// `data` is NULL or points to `data_len` writable bytes.
 #[no_mangle]
 pub unsafe extern "C" fn segicl_segment(
     s: *mut SegiclSession,
@@ -635,7 +682,8 @@ pub unsafe extern "C" fn segicl_segment(
         if stride < w {
             return Err(invalid(format!("out: stride {stride} is smaller than its width {w}")));
         }
-        let len = stride * (h - 1) + w;
+        let len = extent(stride, h, w, out.data_len, "out")?;
+        // SAFETY: the caller promises `data_len` writable bytes at `data`, and `len` ≤ `data_len`.
         let bytes = unsafe { std::slice::from_raw_parts_mut(out.data, len) };
         let mut mask = MaskMut::new(bytes, w, h, stride)?;
         s.session.segment(&frame, &mut mask)?;

@@ -120,14 +120,70 @@ fn engine_graph<'a>(file: &'a EngineFile, manifest: &'a Manifest, graph: Graph) 
     }
 }
 
+/// Most nodes a graph may have. Real graphs have far fewer (LiteMedSAM's encoder: 1,014), and
+/// tract's optimiser takes time that grows faster than linearly with long chains of nodes.
+pub const MAX_GRAPH_NODES: usize = 2_000;
+
+/// Most elements of any tensor of a graph (1 GiB of f32): an initializer, or any value once the
+/// shapes are known. A larger one is refused before anything of that size is allocated.
+pub const MAX_TENSOR_ELEMENTS: usize = 1 << 28;
+
 /// Loads one graph, fixes its input shapes from the tensor table, checks every input and output
 /// against it and optimises it. Returns the plan and its input and output names, in the graph's
-/// order.
+/// order. A graph over [`MAX_GRAPH_NODES`] nodes, or with a tensor over [`MAX_TENSOR_ELEMENTS`],
+/// is refused; a panic inside tract on a malformed graph becomes a contract error naming it.
 pub(crate) fn load(source: &GraphSource, options: &RunOptions) -> Result<(Plan, Vec<String>, Vec<String>)> {
-    let name = source.name;
-    let fail = |what: String| Error::contract(name, what);
+    let fail = |what: String| Error::contract(source.name, what);
+    let proto = tract_onnx::onnx()
+        .proto_model_for_read(&mut &source.bytes[..])
+        .map_err(|e| fail(format!("section {} is not an ONNX protobuf: {e:#}", source.section)))?;
+    check_proto(&proto).map_err(fail)?;
+    crate::guard::no_panic(|| load_checked(source, &proto, options)).unwrap_or_else(|panic| {
+        Err(fail(format!("section {} is a malformed graph (tract panicked: {panic})", source.section)))
+    })
+}
+
+/// Bounds on the protobuf before tract builds anything from it: the node count and the size of
+/// every initializer.
+fn check_proto(proto: &tract_onnx::pb::ModelProto) -> std::result::Result<(), String> {
+    let Some(graph) = &proto.graph else { return Err("the ONNX model has no graph".into()) };
+    if graph.node.len() > MAX_GRAPH_NODES {
+        return Err(format!("the graph has {} nodes, over the limit of {MAX_GRAPH_NODES}", graph.node.len()));
+    }
+    for t in &graph.initializer {
+        let elements = t.dims.iter().try_fold(1usize, |n, &d| usize::try_from(d).ok().and_then(|d| n.checked_mul(d)));
+        if elements.is_none_or(|n| n > MAX_TENSOR_ELEMENTS) {
+            return Err(format!("initializer `{}` of shape {:?} is negative or too large", t.name, t.dims));
+        }
+    }
+    Ok(())
+}
+
+/// Every value of `model` whose shape is known has at most [`MAX_TENSOR_ELEMENTS`] elements.
+fn check_sizes(model: &TypedModel) -> std::result::Result<(), String> {
+    for node in model.nodes() {
+        for (slot, output) in node.outputs.iter().enumerate() {
+            let Some(shape) = output.fact.shape.as_concrete() else { continue };
+            if shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).is_none_or(|n| n > MAX_TENSOR_ELEMENTS) {
+                return Err(format!(
+                    "output {slot} of node `{}` has shape {shape:?}, over {MAX_TENSOR_ELEMENTS} elements",
+                    node.name
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// [`load`] once the protobuf passed its bounds.
+fn load_checked(
+    source: &GraphSource,
+    proto: &tract_onnx::pb::ModelProto,
+    options: &RunOptions,
+) -> Result<(Plan, Vec<String>, Vec<String>)> {
+    let fail = |what: String| Error::contract(source.name, what);
     let mut model = tract_onnx::onnx()
-        .model_for_read(&mut &source.bytes[..])
+        .model_for_proto_model(proto)
         .map_err(|e| fail(format!("section {} is not a loadable ONNX graph: {e:#}", source.section)))?;
     let inputs: Vec<String> = model
         .input_outlets()
@@ -151,6 +207,7 @@ pub(crate) fn load(source: &GraphSource, options: &RunOptions) -> Result<(Plan, 
         }
     }
     let typed = model.into_typed().map_err(|e| fail(format!("cannot infer static shapes: {e:#}")))?;
+    check_sizes(&typed).map_err(fail)?;
     let mut outputs = Vec::new();
     for outlet in typed.output_outlets().map_err(|e| fail(e.to_string()))? {
         let label = typed.outlet_label(*outlet).unwrap_or(&typed.node(outlet.node).name).to_string();
@@ -220,6 +277,14 @@ pub(crate) fn run_err(graph: &str, e: TractError) -> Error {
     Error::Backend { backend: "cpu", what: format!("{graph} failed: {e:#}") }
 }
 
+/// Runs one graph; a panic inside tract (a malformed graph that passed the checks at open)
+/// becomes a backend error naming `graph`.
+pub(crate) fn run_graph(state: &mut TypedSimpleState, inputs: TVec<TValue>, graph: &str) -> Result<TVec<TValue>> {
+    crate::guard::no_panic(|| state.run(inputs))
+        .map_err(|panic| Error::Backend { backend: "cpu", what: format!("{graph} failed: tract panicked: {panic}") })?
+        .map_err(|e| run_err(graph, e))
+}
+
 pub(crate) fn input_tensor(shape: &[usize]) -> Result<Arc<Tensor>> {
     Tensor::zero::<f32>(shape).map(Arc::new).map_err(|e| run_err("input", e))
 }
@@ -243,7 +308,7 @@ impl Runner for CpuRunner {
     fn encode(&mut self, image: &[f32], mask: &[f32], ctx: &mut [f32]) -> Result<()> {
         let (image, mask) = (fill(&mut self.image, image)?, fill(&mut self.mask, mask)?);
         let inputs = if self.image_first { tvec![image, mask] } else { tvec![mask, image] };
-        let mut outputs = self.encoder.run(inputs).map_err(|e| run_err("encoder", e))?;
+        let mut outputs = run_graph(&mut self.encoder, inputs, "encoder")?;
         let tokens = outputs.remove(self.ctx_output);
         ctx.copy_from_slice(
             tokens.try_as_plain_ram().and_then(|v| v.as_slice::<f32>()).map_err(|e| run_err("encoder", e))?,
@@ -264,7 +329,7 @@ impl Runner for CpuRunner {
                 DecoderInput::CtxValid => fill(&mut self.ctx_valid, ctx_valid)?,
             });
         }
-        let outputs = self.decoder.run(inputs).map_err(|e| run_err("decoder", e))?;
+        let outputs = run_graph(&mut self.decoder, inputs, "decoder")?;
         logits.copy_from_slice(
             outputs[0].try_as_plain_ram().and_then(|v| v.as_slice::<f32>()).map_err(|e| run_err("decoder", e))?,
         );

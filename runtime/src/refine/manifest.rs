@@ -5,7 +5,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::manifest::{ColourRule, DType, Direction, Graph, Normalisation, Precision, TensorSpec, MAX_RESOLUTION};
+use crate::manifest::{
+    check_tensor_table, ColourRule, DType, Direction, Graph, Normalisation, Precision, TensorSpec, MAX_RESOLUTION,
+};
 
 /// Most elements the embedding between the two graphs may have (LiteMedSAM's is 256×64×64).
 pub const MAX_EMBEDDING: usize = 1 << 24;
@@ -122,23 +124,10 @@ impl RefinerManifest {
         if !(self.threshold > 0.0 && self.threshold < 1.0) {
             return bad(format!("threshold {} is not strictly between 0 and 1", self.threshold));
         }
-        if let Normalisation::MeanStd { mean, std } = &self.normalisation {
-            let finite = mean.iter().chain(std).all(|v| v.is_finite() && v.abs() <= 1e3);
-            if mean.len() != c || std.len() != c || !finite || std.iter().any(|&v| v < 1e-3) {
-                return bad(format!("mean_std normalisation needs {c} finite means and {c} stds of at least 0.001"));
-            }
-        }
-        for (i, a) in self.tensors.iter().enumerate() {
-            if self.tensors[..i].iter().any(|b| (b.graph, b.direction, &b.name) == (a.graph, a.direction, &a.name)) {
-                return bad(format!("tensor `{}` appears twice in the {:?} {:?} rows", a.name, a.graph, a.direction));
-            }
-            if a.dtype != DType::F32 {
-                return bad(format!("tensor `{}` is {:?}; graph inputs and outputs are f32", a.name, a.dtype));
-            }
-            if a.shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).is_none_or(|e| e == 0 || e > MAX_EMBEDDING)
-            {
-                return bad(format!("tensor `{}` of shape {:?} is empty or too large", a.name, a.shape));
-            }
+        self.normalisation.check(c).or_else(bad)?;
+        check_tensor_table(&self.tensors, MAX_EMBEDDING).or_else(bad)?;
+        if let Some(t) = self.tensors.iter().find(|t| t.dtype != DType::F32) {
+            return bad(format!("tensor `{}` is {:?}; graph inputs and outputs are f32", t.name, t.dtype));
         }
         let find = |graph, direction, name: &str| {
             self.spec(graph, direction, name).map(|t| &t.shape[..]).ok_or_else(|| {

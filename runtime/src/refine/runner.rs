@@ -9,9 +9,9 @@ use tract_onnx::prelude::*;
 
 use super::boxes::{BoxFinder, BoxRule, PixelBox, MAX_BLOBS};
 use super::Refiner;
-use crate::backend::cpu::{fill, input_tensor, run_err};
+use crate::backend::cpu::{fill, input_tensor, run_err, run_graph};
 use crate::error::Result;
-use crate::image::{ImageView, MaskMut, PixelFormat};
+use crate::image::{ImageView, MaskMut, OwnedImage, PixelFormat};
 use crate::postprocess::{region_into_mask, threshold_logit, Placement};
 use crate::preprocess::{frame_planes, normalise};
 
@@ -39,28 +39,9 @@ impl RefineTimings {
 
 /// A frame whose embedding is kept: its pixels (compared byte for byte) and the embedding.
 struct Memo {
-    width: usize,
-    height: usize,
-    format: PixelFormat,
-    pixels: Vec<u8>,
+    frame: OwnedImage,
     embedding: Vec<f32>,
     last_used: u64,
-}
-
-impl Memo {
-    fn holds(&self, frame: &ImageView) -> bool {
-        let row = frame.width() * frame.format().bytes_per_pixel();
-        (self.width, self.height, self.format) == (frame.width(), frame.height(), frame.format())
-            && (0..frame.height()).all(|y| frame.row(y) == &self.pixels[y * row..(y + 1) * row])
-    }
-
-    fn keep(&mut self, frame: &ImageView) {
-        (self.width, self.height, self.format) = (frame.width(), frame.height(), frame.format());
-        self.pixels.clear();
-        for y in 0..frame.height() {
-            self.pixels.extend_from_slice(frame.row(y));
-        }
-    }
 }
 
 /// The refiner's graphs and buffers for one session.
@@ -182,11 +163,12 @@ impl RefineRunner {
         let boxes = fill(&mut self.boxes, &b)?;
         let refiner = &self.refiner.0;
         let inputs = if refiner.embedding_first { tvec![embedding, boxes] } else { tvec![boxes, embedding] };
-        let outputs = self.decoder.run(inputs).map_err(|e| run_err("refiner decoder", e))?;
+        let outputs = run_graph(&mut self.decoder, inputs, "refiner decoder")?;
         let logits = outputs[refiner.logits_output]
             .try_as_plain_ram()
             .and_then(|v| v.as_slice::<f32>())
             .map_err(|e| run_err("refiner decoder", e))?;
+        crate::Error::check_finite(logits, "refiner decoder", "the logits")?;
         self.logits.copy_from_slice(logits);
         t.decoder += started.elapsed();
         Ok(())
@@ -195,7 +177,7 @@ impl RefineRunner {
     /// The memo entry holding `frame`'s embedding, running the encoder when no entry does.
     fn embed(&mut self, frame: &ImageView, t: &mut RefineTimings) -> Result<usize> {
         self.clock += 1;
-        if let Some(i) = self.memo.iter().position(|e| e.holds(frame)) {
+        if let Some(i) = self.memo.iter().position(|e| e.frame.holds(frame)) {
             self.memo[i].last_used = self.clock;
             return Ok(i);
         }
@@ -204,17 +186,14 @@ impl RefineRunner {
         let image = fill(&mut self.image, &self.input)?;
         t.preprocess = started.elapsed();
         let started = Instant::now();
-        let outputs = self.encoder.run(tvec![image]).map_err(|e| run_err("refiner encoder", e))?;
+        let outputs = run_graph(&mut self.encoder, tvec![image], "refiner encoder")?;
         let embedding = outputs[0]
             .try_as_plain_ram()
             .and_then(|v| v.as_slice::<f32>())
             .map_err(|e| run_err("refiner encoder", e))?;
         let slot = if self.memo.len() < self.capacity {
             self.memo.push(Memo {
-                width: 0,
-                height: 0,
-                format: PixelFormat::Gray8,
-                pixels: Vec::new(),
+                frame: OwnedImage::zeros(0, 0, PixelFormat::Gray8),
                 embedding: vec![0.0; embedding.len()],
                 last_used: 0,
             });
@@ -224,7 +203,7 @@ impl RefineRunner {
         };
         let entry = &mut self.memo[slot];
         entry.embedding.copy_from_slice(embedding);
-        entry.keep(frame);
+        entry.frame.copy_from(frame);
         entry.last_used = self.clock;
         t.encoder = started.elapsed();
         Ok(slot)

@@ -81,7 +81,7 @@ static void write_file(const char *dir, const char *name, const uint8_t *data, s
 }
 
 static SegiclImage gray(const uint8_t *data) {
-  SegiclImage img = {data, W, H, W, SEGICL_PIXEL_GRAY8};
+  SegiclImage img = {data, (size_t)W * H, W, H, W, SEGICL_PIXEL_GRAY8};
   return img;
 }
 
@@ -99,7 +99,7 @@ static int run_shots(const SegiclEngine *e, uint32_t n_shots, uint8_t **out) {
   uint8_t *buf = malloc((size_t)stride * H);
   for (int i = 0; i < N_FRAMES; i++) {
     SegiclImage frame = gray(frames[i]);
-    SegiclMask m = {buf, W, H, stride};
+    SegiclMask m = {buf, (size_t)stride * H, W, H, stride};
     memset(buf, 0x5a, (size_t)stride * H);
     if (segicl_segment(s, &frame, &m) != SEGICL_OK) {
       bad++;
@@ -405,8 +405,9 @@ int main(int argc, char **argv) {
     CHECK(strstr(segicl_last_error(), path) != NULL, "missing refiner: \"%s\" does not name it", segicl_last_error());
     r.refiner_path = engine_path;
     EXPECT_ERR(segicl_engine_open(engine_path, &r, &bad), SEGICL_ERR_CORRUPT_ENGINE, "open(engine as refiner)");
-    CHECK(strstr(segicl_last_error(), engine_path) != NULL, "engine as refiner: \"%s\" does not name it",
-          segicl_last_error());
+    /* engine_path is not UTF-8 (c_abi.rs makes it so): the message shows it with U+FFFD */
+    CHECK(strstr(segicl_last_error(), "engine-") != NULL && strstr(segicl_last_error(), "not a refiner") != NULL,
+          "engine as refiner: \"%s\" does not name it", segicl_last_error());
     snprintf(path, sizeof path, "%s/junk.plan", dir);
     r.refiner_path = path;
     EXPECT_ERR(segicl_engine_open(engine_path, &r, &bad), SEGICL_ERR_CORRUPT_ENGINE, "open(junk refiner)");
@@ -447,6 +448,12 @@ int main(int argc, char **argv) {
     o = segicl_options_default();
     o.backend = SEGICL_BACKEND_CUDA;
     EXPECT_ERR(segicl_engine_open(engine_path, &o, &bad), SEGICL_ERR_BACKEND, "open(cuda)");
+    o = segicl_options_default();
+    o.threads = UINT32_MAX;
+    EXPECT_ERR(segicl_engine_open(engine_path, &o, &bad), SEGICL_ERR_INVALID_ARGUMENT, "open(threads UINT32_MAX)");
+    o.threads = 100000;
+    EXPECT_ERR(segicl_engine_open(engine_path, &o, &bad), SEGICL_ERR_INVALID_ARGUMENT, "open(threads 100000)");
+    EXPECT_ERR(segicl_engine_open(dir, NULL, &bad), SEGICL_ERR_IO, "open(a directory)");
     CHECK(bad == NULL, "a failed open wrote *out");
   }
 
@@ -461,7 +468,7 @@ int main(int argc, char **argv) {
     size_t cap = (size_t)stride * H + 64; /* canary tail past what any mask below may cover */
     uint8_t *buf = malloc(cap);
     SegiclImage frame = gray(frames[0]);
-    SegiclMask m = {buf, W, H, stride};
+    SegiclMask m = {buf, (size_t)stride * (H - 1) + W, W, H, stride};
     EXPECT_ERR(segicl_segment(s, &frame, &m), SEGICL_ERR_NO_SHOTS, "segment before any shot");
 
     SegiclImage img = gray(shot_img[0]), mask = gray(shot_mask[0]);
@@ -498,7 +505,7 @@ int main(int argc, char **argv) {
     EXPECT_ERR(segicl_segment(NULL, &frame, &m), SEGICL_ERR_INVALID_ARGUMENT, "segment(NULL session)");
     EXPECT_ERR(segicl_segment(s, NULL, &m), SEGICL_ERR_INVALID_ARGUMENT, "segment(NULL frame)");
     EXPECT_ERR(segicl_segment(s, &frame, NULL), SEGICL_ERR_INVALID_ARGUMENT, "segment(NULL out)");
-    SegiclMask nullmask = {NULL, W, H, stride};
+    SegiclMask nullmask = {NULL, cap, W, H, stride};
     EXPECT_ERR(segicl_segment(s, &frame, &nullmask), SEGICL_ERR_INVALID_ARGUMENT, "segment(NULL out data)");
     SegiclImage nullframe = frame;
     nullframe.data = NULL;
@@ -509,15 +516,37 @@ int main(int argc, char **argv) {
     SegiclImage badstride = frame;
     badstride.stride_bytes = W - 1;
     EXPECT_ERR(segicl_segment(s, &badstride, &m), SEGICL_ERR_INVALID_ARGUMENT, "segment(stride < row)");
-    SegiclMask mstride = {buf, W, H, W - 1};
+    SegiclMask mstride = {buf, cap, W, H, W - 1};
     EXPECT_ERR(segicl_segment(s, &frame, &mstride), SEGICL_ERR_INVALID_ARGUMENT, "segment(out stride < width)");
 
     /* a mask smaller than the frame: refused, and nothing written past the caller's buffer */
     memset(buf, 0xa5, cap);
-    SegiclMask narrow_out = {buf, W - 1, H, W - 1};
+    SegiclMask narrow_out = {buf, cap, W - 1, H, W - 1};
     EXPECT_ERR(segicl_segment(s, &frame, &narrow_out), SEGICL_ERR_INVALID_ARGUMENT, "segment(out width - 1)");
-    SegiclMask short_out = {buf, W, H - 1, W};
+    SegiclMask short_out = {buf, cap, W, H - 1, W};
     EXPECT_ERR(segicl_segment(s, &frame, &short_out), SEGICL_ERR_INVALID_ARGUMENT, "segment(out height - 1)");
+    /* buffers shorter than their geometry: refused, never read or written past data_len */
+    SegiclMask undersized = {buf, (size_t)stride * (H - 1) + W - 1, W, H, stride};
+    EXPECT_ERR(segicl_segment(s, &frame, &undersized), SEGICL_ERR_INVALID_ARGUMENT, "segment(out data_len - 1)");
+    CHECK(strstr(segicl_last_error(), "data_len") != NULL, "undersized out: \"%s\"", segicl_last_error());
+    SegiclMask half = {buf, (size_t)stride * H / 2, W, H, stride};
+    EXPECT_ERR(segicl_segment(s, &frame, &half), SEGICL_ERR_INVALID_ARGUMENT, "segment(out of half its size)");
+    SegiclImage short_frame = frame;
+    short_frame.data_len = (size_t)W * H - 1;
+    EXPECT_ERR(segicl_segment(s, &short_frame, &m), SEGICL_ERR_INVALID_ARGUMENT, "segment(frame data_len - 1)");
+    SegiclImage short_shot = img;
+    short_shot.data_len = 0;
+    EXPECT_ERR(segicl_set_shot(s, 0, &short_shot, &mask), SEGICL_ERR_INVALID_ARGUMENT, "set_shot(data_len 0)");
+    /* a geometry whose extent no buffer can have */
+    SegiclImage huge = frame;
+    huge.width = UINT32_MAX;
+    huge.height = UINT32_MAX;
+    huge.stride_bytes = UINT32_MAX;
+    huge.format = SEGICL_PIXEL_RGBA8;
+    huge.data_len = SIZE_MAX;
+    EXPECT_ERR(segicl_set_shot(s, 0, &huge, &mask), SEGICL_ERR_INVALID_ARGUMENT, "set_shot(4G x 4G rgba)");
+    SegiclMask huge_out = {buf, cap, W, H, UINT32_MAX};
+    EXPECT_ERR(segicl_segment(s, &frame, &huge_out), SEGICL_ERR_INVALID_ARGUMENT, "segment(out stride 4G)");
     {
       size_t touched = 0;
       for (size_t k = 0; k < cap; k++) touched += buf[k] != 0xa5;

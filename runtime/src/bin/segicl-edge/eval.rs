@@ -191,6 +191,9 @@ impl Methods {
 }
 
 pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
+    if args.draws == 0 {
+        bail!("--draws must be at least 1");
+    }
     let (source, data) = match (&args.data, &args.synthetic) {
         (Some(dir), _) => (dir.display().to_string(), load_labelled(dir, args.limit, args.seed)?),
         (None, Some(name)) => {

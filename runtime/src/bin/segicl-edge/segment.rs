@@ -100,52 +100,20 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
             println!("{}", gate_summary(report));
         }
     }
+    let names = mask_names(&args.queries)?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let mut results = Vec::new();
-    for query in &args.queries {
-        let frame = load_image(query)?;
-        let mut mask = OwnedImage::zeros(frame.width, frame.height, PixelFormat::Gray8);
-        let started = Instant::now();
-        session.segment(&frame.view(), &mut MaskMut::packed(&mut mask.data, frame.width, frame.height)?)?;
-        let ms = started.elapsed().as_secs_f64() * 1e3;
-        let name = stem(query);
-        let mask_path = args.out.join(format!("{name}.mask.png"));
-        save_png(&mask_path, &mask)?;
-        let overlay_path = if args.overlay {
-            let path = args.out.join(format!("{name}.overlay.png"));
-            save_png(&path, &draw::overlay(&frame, &mask.data, None))?;
-            Some(path)
-        } else {
-            None
-        };
-        let fraction = mask.data.iter().filter(|&&v| v != 0).count() as f64 / mask.data.len() as f64;
-        let crop = session.last_crop();
-        let refine_box = session.last_refine_box();
-        if !args.json {
-            let crop_note = match crop {
-                Some(c) => format!(", ROI crop {}×{} at ({}, {})", c.width, c.height, c.x, c.y),
-                None if session.roi().is_some() => ", ROI: nothing found in pass 1".to_string(),
-                None => String::new(),
-            };
-            let refine_note = match refine_box {
-                Some(b) => format!(", refined in box ({:.0}, {:.0})–({:.0}, {:.0})", b.x0, b.y0, b.x1, b.y1),
-                None => String::new(),
-            };
-            println!(
-                "{} → {} ({}×{}, foreground {:.1}%{crop_note}{refine_note}, {ms:.1} ms)",
-                query.display(),
-                mask_path.display(),
-                frame.width,
-                frame.height,
-                fraction * 100.0
-            );
+    let mut failed = 0;
+    for (query, name) in args.queries.iter().zip(&names) {
+        match segment_one(&mut session, query, name, &args) {
+            Ok(result) => results.push(result),
+            Err(e) => {
+                // A bad query does not stop the others; it is reported here and in the exit code.
+                failed += 1;
+                eprintln!("error: {}: {e:#}", query.display());
+                results.push(serde_json::json!({ "query": query, "error": format!("{e:#}") }));
+            }
         }
-        results.push(serde_json::json!({
-            "query": query, "mask": mask_path, "overlay": overlay_path,
-            "width": frame.width, "height": frame.height,
-            "foreground_fraction": fraction, "ms": ms, "roi_crop": crop,
-            "refine_box": refine_box.map(|b| [b.x0, b.y0, b.x1, b.y1]),
-        }));
     }
     if args.json {
         let out = serde_json::json!({
@@ -156,5 +124,83 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
     }
+    if failed > 0 {
+        eprintln!(
+            "error: {failed} of {} queries failed (their masks were not written; the other masks were)",
+            args.queries.len()
+        );
+        return Ok(ExitCode::FAILURE);
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The file stem each query's mask is named after, refusing two queries with the same stem
+/// (`a/x.png` and `b/x.png` would both write `x.mask.png`).
+fn mask_names(queries: &[PathBuf]) -> anyhow::Result<Vec<String>> {
+    let mut seen: std::collections::HashMap<String, &Path> = std::collections::HashMap::new();
+    let mut names = Vec::with_capacity(queries.len());
+    for query in queries {
+        let name = stem(query);
+        if let Some(other) = seen.insert(name.clone(), query) {
+            bail!(
+                "queries {} and {} would both write {name}.mask.png; give each query its own file name",
+                other.display(),
+                query.display()
+            );
+        }
+        names.push(name);
+    }
+    Ok(names)
+}
+
+/// Segments one query, writes its mask (and overlay) named `name`, prints its line unless
+/// --json, and returns its JSON row.
+fn segment_one(
+    session: &mut segicl::Session,
+    query: &Path,
+    name: &str,
+    args: &Args,
+) -> anyhow::Result<serde_json::Value> {
+    let frame = load_image(query)?;
+    let mut mask = OwnedImage::zeros(frame.width, frame.height, PixelFormat::Gray8);
+    let started = Instant::now();
+    session.segment(&frame.view(), &mut MaskMut::packed(&mut mask.data, frame.width, frame.height)?)?;
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    let mask_path = args.out.join(format!("{name}.mask.png"));
+    save_png(&mask_path, &mask)?;
+    let overlay_path = if args.overlay {
+        let path = args.out.join(format!("{name}.overlay.png"));
+        save_png(&path, &draw::overlay(&frame, &mask.data, None))?;
+        Some(path)
+    } else {
+        None
+    };
+    let fraction = mask.data.iter().filter(|&&v| v != 0).count() as f64 / mask.data.len() as f64;
+    let crop = session.last_crop();
+    let refine_box = session.last_refine_box();
+    if !args.json {
+        let crop_note = match crop {
+            Some(c) => format!(", ROI crop {}×{} at ({}, {})", c.width, c.height, c.x, c.y),
+            None if session.roi().is_some() => ", ROI: nothing found in pass 1".to_string(),
+            None => String::new(),
+        };
+        let refine_note = match refine_box {
+            Some(b) => format!(", refined in box ({:.0}, {:.0})–({:.0}, {:.0})", b.x0, b.y0, b.x1, b.y1),
+            None => String::new(),
+        };
+        println!(
+            "{} → {} ({}×{}, foreground {:.1}%{crop_note}{refine_note}, {ms:.1} ms)",
+            query.display(),
+            mask_path.display(),
+            frame.width,
+            frame.height,
+            fraction * 100.0
+        );
+    }
+    Ok(serde_json::json!({
+        "query": query, "mask": mask_path, "overlay": overlay_path,
+        "width": frame.width, "height": frame.height,
+        "foreground_fraction": fraction, "ms": ms, "roi_crop": crop,
+        "refine_box": refine_box.map(|b| [b.x0, b.y0, b.x1, b.y1]),
+    }))
 }
