@@ -1,6 +1,6 @@
 //! Builds `tests/c/abi_test.c` against the freshly built `libsegicl.so`, runs it (under valgrind
-//! when it is on PATH) on the prototype engine and the stand-in refiner, and checks that the masks
-//! it wrote match the Rust API's, byte for byte.
+//! when it is on PATH, and built with ASan/UBSan when the compiler can) on the prototype engine and
+//! the stand-in refiner, and checks that the masks it wrote match the Rust API's, byte for byte.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,6 +19,28 @@ fn lib_dir() -> PathBuf {
     let deps = exe.parent().expect("test binary has a parent directory");
     let dir = if deps.file_name().is_some_and(|n| n == "deps") { deps.parent().unwrap() } else { deps };
     dir.to_path_buf()
+}
+
+/// Compiles `tests/c/abi_test.c` with `extra` flags against the library in `lib` (found at run time
+/// through `lib` and `so_dir`) into `exe`; false if the compiler refuses.
+fn compile(lib: &Path, so_dir: &Path, exe: &Path, extra: &[&str]) -> bool {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    Command::new("cc")
+        .args(["-std=c11", "-Wall", "-Wextra", "-Werror"])
+        .args(extra)
+        .arg("-I")
+        .arg(manifest.join("include"))
+        .arg(manifest.join("tests/c/abi_test.c"))
+        .arg("-L")
+        .arg(lib)
+        .args(["-lsegicl", "-lpthread"])
+        .arg(format!("-Wl,-rpath,{}", lib.display()))
+        .arg(format!("-Wl,-rpath,{}", so_dir.display()))
+        .arg("-o")
+        .arg(exe)
+        .status()
+        .expect("cc runs (is a C compiler installed?)")
+        .success()
 }
 
 fn on_path(program: &str) -> bool {
@@ -70,7 +92,6 @@ fn build_library(lib: &Path) {
 fn c_program_matches_the_rust_api() {
     let lib = lib_dir();
     build_library(&lib);
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let (w, h) = write_inputs(dir);
@@ -84,21 +105,7 @@ fn c_program_matches_the_rust_api() {
     std::os::unix::fs::symlink(lib.join("libsegicl.so"), so_dir.join("libsegicl.so.2")).unwrap();
 
     let exe = dir.join("abi_test");
-    let status = Command::new("cc")
-        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-I"])
-        .arg(manifest.join("include"))
-        .arg(manifest.join("tests/c/abi_test.c"))
-        .arg("-L")
-        .arg(&lib)
-        .args(["-lsegicl", "-lpthread"])
-        .arg(format!("-Wl,-rpath,{}", lib.display()))
-        .arg(format!("-Wl,-rpath,{}", so_dir.display()))
-        .arg("-o")
-        .arg(&exe)
-        .status()
-        .expect("cc runs (is a C compiler installed?)");
-    assert!(status.success(), "abi_test.c does not compile: {status}");
-
+    assert!(compile(&lib, &so_dir, &exe, &[]), "abi_test.c does not compile");
     let valgrind = on_path("valgrind");
     let mut cmd = if valgrind {
         let mut c = Command::new("valgrind");
@@ -125,6 +132,24 @@ fn c_program_matches_the_rust_api() {
     }
     assert!(out.status.success(), "abi_test failed ({}):\n{stdout}\n{stderr}", out.status);
     assert!(stdout.contains(" 0 failed"), "{stdout}");
+
+    // The same program built with AddressSanitizer and UndefinedBehaviorSanitizer (the C side is
+    // instrumented; the library's heap blocks get ASan's red zones), where the compiler has them.
+    let sanitized = dir.join("abi_test_asan");
+    if compile(&lib, &so_dir, &sanitized, &["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-g"]) {
+        let out = Command::new(&sanitized)
+            .env("ASAN_OPTIONS", "detect_leaks=0:abort_on_error=0")
+            .arg(dir)
+            .arg(&engine_path)
+            .arg(&refiner_path)
+            .output()
+            .expect("abi_test_asan runs");
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        println!("under ASan/UBSan: {}", stdout.lines().last().unwrap_or(""));
+        assert!(out.status.success() && stdout.contains(" 0 failed"), "abi_test under ASan/UBSan:\n{stdout}\n{stderr}");
+    } else {
+        println!("ASan/UBSan: the C compiler cannot build with -fsanitize=address,undefined here; skipped");
+    }
 
     let engine = prototype();
     let mut session = engine.session().unwrap();
