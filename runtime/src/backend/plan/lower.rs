@@ -47,12 +47,13 @@ impl std::error::Error for Unsupported {}
 type Result<T> = std::result::Result<T, Unsupported>;
 
 /// Lowers the ONNX model `onnx` with the given input shapes (by input name; an input not listed
-/// keeps the static shape the graph declares).
+/// keeps the static shape the graph declares). A malformed graph is an error, never a panic.
 pub fn lower(onnx: &[u8], input_shapes: &[(&str, &[usize])]) -> Result<Plan> {
     let model = tract_onnx::onnx()
         .proto_model_for_read(&mut &onnx[..])
         .map_err(|e| graph_error(format!("not an ONNX model: {e}")))?;
-    lower_model(&model, input_shapes)
+    crate::guard::no_panic(|| lower_model(&model, input_shapes))
+        .unwrap_or_else(|panic| Err(graph_error(format!("malformed graph (the lowering panicked: {panic})"))))
 }
 
 /// [`lower`] on a decoded model.
