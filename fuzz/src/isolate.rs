@@ -133,11 +133,16 @@ fn run(path: &Path) -> Outcome {
 /// Limits of one child.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Wall-clock time after which the child is killed and the case is a hang.
+    /// CPU time after which the child is stopped (SIGXCPU) and the case is a hang; a child that
+    /// waits without using the CPU is killed after [`WALL_FACTOR`] times as long on the clock.
+    /// CPU time, not the clock, so that a busy machine does not make slow cases look hung.
     pub timeout: Duration,
     /// Address-space limit of the child, in bytes.
     pub memory: u64,
 }
+
+/// A child is killed after this many times its CPU limit on the wall clock.
+pub const WALL_FACTOR: u32 = 6;
 
 /// A running child.
 pub struct Child {
@@ -156,7 +161,7 @@ pub fn spawn(path: &Path, limits: Limits) -> std::io::Result<Child> {
     }
     if pid == 0 {
         let memory = libc::rlimit { rlim_cur: limits.memory, rlim_max: limits.memory };
-        let cpu_s = limits.timeout.as_secs() + 5;
+        let cpu_s = limits.timeout.as_secs().max(1);
         let cpu = libc::rlimit { rlim_cur: cpu_s, rlim_max: cpu_s };
         // SAFETY: plain system calls on this process; `_exit` skips the parent's atexit state.
         unsafe {
@@ -174,7 +179,8 @@ pub fn spawn(path: &Path, limits: Limits) -> std::io::Result<Child> {
 }
 
 impl Child {
-    /// The outcome if the child has ended; kills it (a hang) once past `timeout`.
+    /// The outcome if the child has ended; kills it (a hang) once `WALL_FACTOR × timeout` has
+    /// passed on the clock.
     pub fn poll(&self, timeout: Duration) -> Option<Outcome> {
         let mut status = 0;
         // SAFETY: waits for our own child without blocking.
@@ -182,7 +188,7 @@ impl Child {
         if done == self.pid {
             return Some(decode(status));
         }
-        if self.started.elapsed() > timeout {
+        if self.started.elapsed() > timeout * WALL_FACTOR {
             // SAFETY: our own child; reaped by the blocking wait right after.
             unsafe {
                 libc::kill(self.pid, libc::SIGKILL);

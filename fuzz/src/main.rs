@@ -44,7 +44,8 @@ struct Cli {
     /// Children at once.
     #[arg(long, default_value_t = 2)]
     jobs: usize,
-    /// Seconds after which a child is killed and its case counted as a hang.
+    /// CPU seconds after which a child is stopped and its case counted as a hang (a child that
+    /// waits is killed after six times as long on the clock).
     #[arg(long, default_value_t = 10.0)]
     timeout_s: f64,
     /// Address-space limit of each child, MiB.
