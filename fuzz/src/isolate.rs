@@ -161,8 +161,9 @@ pub fn spawn(path: &Path, limits: Limits) -> std::io::Result<Child> {
     }
     if pid == 0 {
         let memory = libc::rlimit { rlim_cur: limits.memory, rlim_max: limits.memory };
+        // SIGXCPU at the soft limit (a hang); the hard limit, a second later, kills with SIGKILL.
         let cpu_s = limits.timeout.as_secs().max(1);
-        let cpu = libc::rlimit { rlim_cur: cpu_s, rlim_max: cpu_s };
+        let cpu = libc::rlimit { rlim_cur: cpu_s, rlim_max: cpu_s + 1 };
         // SAFETY: plain system calls on this process; `_exit` skips the parent's atexit state.
         unsafe {
             libc::setrlimit(libc::RLIMIT_AS, &memory);

@@ -2,7 +2,8 @@
 //! checksum recomputed so the damage reaches the deeper checks and the graph loader, and opens
 //! and runs each one in a child process of its own with memory and time limits. Prints how the
 //! cases ended, per class, and keeps every defect (panic, signal, hang, a mask from non-finite
-//! logits) under `--out` for `segicl-fuzz replay`. Exits 1 when there was a defect.
+//! logits) under `--out` for `segicl-fuzz replay`, with the counts so far in `--out/report.json`
+//! every minute. Exits 1 when there was a defect.
 //!
 //!     segicl-fuzz --seconds 600 --jobs 2 --out target/fuzz
 //!     segicl-fuzz --cases 2000 --seed 7
@@ -120,7 +121,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let mut counts: BTreeMap<(Class, Outcome), u64> = BTreeMap::new();
     let mut running: Vec<Option<(Child, Class, PathBuf)>> = (0..cli.jobs).map(|_| None).collect();
     let (started, mut made, mut defects) = (Instant::now(), 0u64, 0u64);
+    let mut saved = Instant::now();
     loop {
+        if saved.elapsed() >= Duration::from_secs(60) {
+            // The counts so far, so that a long run stopped early still says what it did.
+            let json = summary(&counts, made, started.elapsed().as_secs_f64(), cli.seed);
+            std::fs::write(out.join("report.json"), json.to_string()).context("writing report.json")?;
+            saved = Instant::now();
+        }
         let stop = made >= budget || deadline.is_some_and(|d| started.elapsed() >= d);
         for (slot, entry) in running.iter_mut().enumerate() {
             if let Some((child, class, file)) = entry {
@@ -174,15 +182,19 @@ fn tempdir() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-fn report(counts: &BTreeMap<(Class, Outcome), u64>, cases: u64, seconds: f64, cli: &Cli, bases: &[Base]) {
+/// The counts as JSON: cases, seconds, seed, defects and one row per class and outcome.
+fn summary(counts: &BTreeMap<(Class, Outcome), u64>, cases: u64, seconds: f64, seed: u64) -> serde_json::Value {
     let defects: u64 = counts.iter().filter(|((_, o), _)| o.is_defect()).map(|(_, n)| n).sum();
+    let rows: Vec<_> = counts
+        .iter()
+        .map(|((c, o), n)| serde_json::json!({"class": c.name(), "outcome": o.name(), "cases": n, "defect": o.is_defect()}))
+        .collect();
+    serde_json::json!({"cases": cases, "seconds": seconds, "seed": seed, "defects": defects, "rows": rows})
+}
+
+fn report(counts: &BTreeMap<(Class, Outcome), u64>, cases: u64, seconds: f64, cli: &Cli, bases: &[Base]) {
+    let json = summary(counts, cases, seconds, cli.seed);
     if cli.json {
-        let rows: Vec<_> = counts
-            .iter()
-            .map(|((c, o), n)| serde_json::json!({"class": c.name(), "outcome": o.name(), "cases": n, "defect": o.is_defect()}))
-            .collect();
-        let json =
-            serde_json::json!({"cases": cases, "seconds": seconds, "seed": cli.seed, "defects": defects, "rows": rows});
         println!("{}", serde_json::to_string_pretty(&json).expect("JSON serialises"));
         return;
     }
@@ -199,5 +211,5 @@ fn report(counts: &BTreeMap<(Class, Outcome), u64>, cases: u64, seconds: f64, cl
     for ((class, outcome), n) in counts {
         println!("| {} | {} | {n} |", class.name(), outcome.name());
     }
-    println!("defects (panic, signal, hang, mask from non-finite logits): {defects}");
+    println!("defects (panic, signal, hang, mask from non-finite logits): {}", json["defects"]);
 }

@@ -99,6 +99,24 @@ fn malformed_graphs_are_refused_without_a_panic() {
             &["decoder:"],
         ),
         ("an input no node produces", Box::new(|g| g.op("Neg", &["nowhere"], vec![])), &["decoder:"]),
+        (
+            "a Transpose perm that is not a permutation",
+            Box::new(|g| {
+                let v = g.constant(&[1, 2, 2], vec![0.0; 4]);
+                let t = g.op("Transpose", &[&v], vec![("perm", Attr::Ints(vec![0, 1, 1]))]);
+                total(g, &t)
+            }),
+            &["decoder:", "perm", "[0, 1, 1]"],
+        ),
+        (
+            "a Softmax axis of 2^40",
+            Box::new(|g| {
+                let v = g.constant(&[1, 4], vec![0.0; 4]);
+                let t = g.op("Softmax", &[&v], vec![("axis", Attr::Int(1 << 40))]);
+                total(g, &t)
+            }),
+            &["decoder:", "axis", "1099511627776"],
+        ),
     ];
     for (i, (what, tail, words)) in table.into_iter().enumerate() {
         let path = engine_with_decoder(dir.path(), &format!("{i}.plan"), decoder_with(tail));

@@ -143,12 +143,41 @@ pub(crate) fn load(source: &GraphSource, options: &RunOptions) -> Result<(Plan, 
     })
 }
 
-/// Bounds on the protobuf before tract builds anything from it: the node count and the size of
-/// every initializer.
+/// Most dimensions of a tensor, and so the bound on every `axis`, `axes` and `perm` attribute.
+pub const MAX_RANK: usize = 16;
+
+/// Bounds on the protobuf before tract builds anything from it: the node count, the size of
+/// every initializer, and axis attributes within [`MAX_RANK`] (`perm` a permutation). tract
+/// allocates by an axis' value (a `perm` of `[0, 1, 1]` asked for 4 GiB and aborted) or loops up
+/// to it (a LayerNormalization `axis` of 2^40 never finished opening).
 fn check_proto(proto: &tract_onnx::pb::ModelProto) -> std::result::Result<(), String> {
     let Some(graph) = &proto.graph else { return Err("the ONNX model has no graph".into()) };
     if graph.node.len() > MAX_GRAPH_NODES {
         return Err(format!("the graph has {} nodes, over the limit of {MAX_GRAPH_NODES}", graph.node.len()));
+    }
+    let rank = MAX_RANK as i64;
+    for node in &graph.node {
+        for a in &node.attribute {
+            let bad = match a.name.as_str() {
+                "axis" => !(-rank..rank).contains(&a.i),
+                "axes" => a.ints.len() > MAX_RANK || a.ints.iter().any(|v| !(-rank..rank).contains(v)),
+                "perm" => {
+                    let mut sorted = a.ints.clone();
+                    sorted.sort_unstable();
+                    a.ints.len() > MAX_RANK || sorted.iter().enumerate().any(|(i, &v)| v != i as i64)
+                }
+                _ => false,
+            };
+            if bad {
+                return Err(format!(
+                    "node `{}` ({}): attribute `{}` = {} is not an axis of a tensor of at most {MAX_RANK} dimensions",
+                    node.name,
+                    node.op_type,
+                    a.name,
+                    if a.name == "axis" { a.i.to_string() } else { format!("{:?}", a.ints) }
+                ));
+            }
+        }
     }
     for t in &graph.initializer {
         let elements = t.dims.iter().try_fold(1usize, |n, &d| usize::try_from(d).ok().and_then(|d| n.checked_mul(d)));
