@@ -86,13 +86,32 @@ impl Outcome {
     }
 }
 
-/// Opens the engine at `path` and uses it as a user would: the engine's first default shots
-/// (or a synthetic shot), then one synthetic frame. Panics are caught and reported as such.
-pub fn exercise(path: &Path) -> Outcome {
-    std::panic::catch_unwind(|| run(path)).unwrap_or(Outcome::Panic)
+/// The synthetic shot and frame every case uses, made once in the parent (a child inherits them,
+/// so no case spends its time drawing them).
+pub struct Inputs {
+    shot: OwnedImage,
+    shot_mask: OwnedImage,
+    frame: OwnedImage,
 }
 
-fn run(path: &Path) -> Outcome {
+impl Inputs {
+    /// An ultrasound-lesion shot with its mask and a second frame of the same task.
+    pub fn new() -> Inputs {
+        let (shot, mask) = sample(Task::UsLesion, 1);
+        let shot_mask = OwnedImage { width: shot.width, height: shot.height, format: PixelFormat::Gray8, data: mask };
+        let (frame, _) = sample(Task::UsLesion, 2);
+        Inputs { shot, shot_mask, frame }
+    }
+}
+
+/// Opens the engine at `path` and uses it as a user would: the engine's first default shots
+/// (or the synthetic shot of `inputs`), then one synthetic frame. Panics are caught and reported
+/// as such.
+pub fn exercise(path: &Path, inputs: &Inputs) -> Outcome {
+    std::panic::catch_unwind(|| run(path, inputs)).unwrap_or(Outcome::Panic)
+}
+
+fn run(path: &Path, inputs: &Inputs) -> Outcome {
     let engine = match Engine::open(path, &EngineOptions::default()) {
         Ok(e) => e,
         Err(e) if e.to_string().contains("tract panicked") => return Outcome::RefusedAtOpenTractPanic,
@@ -113,14 +132,12 @@ fn run(path: &Path) -> Outcome {
             }
         }
     }
-    let (image, mask) = sample(Task::UsLesion, 1);
-    let mask = OwnedImage { width: image.width, height: image.height, format: PixelFormat::Gray8, data: mask };
     if session.shot_count() == 0 {
-        if let Err(e) = session.set_shot(0, &image.view(), &mask.view()) {
+        if let Err(e) = session.set_shot(0, &inputs.shot.view(), &inputs.shot_mask.view()) {
             return refused(e);
         }
     }
-    let (frame, _) = sample(Task::UsLesion, 2);
+    let frame = &inputs.frame;
     let mut out = vec![0u8; frame.width * frame.height];
     let view = MaskMut::packed(&mut out, frame.width, frame.height).expect("a frame-sized buffer");
     match session.segment(&frame.view(), &mut { view }) {
@@ -150,9 +167,9 @@ pub struct Child {
     started: Instant,
 }
 
-/// Forks a child that runs [`exercise`] on `path` under `limits` and exits with its outcome.
-/// The caller must be single-threaded (the fuzzer's parent is).
-pub fn spawn(path: &Path, limits: Limits) -> std::io::Result<Child> {
+/// Forks a child that runs [`exercise`] on `path` with `inputs` under `limits` and exits with its
+/// outcome. The caller must be single-threaded (the fuzzer's parent is).
+pub fn spawn(path: &Path, inputs: &Inputs, limits: Limits) -> std::io::Result<Child> {
     // SAFETY: the parent has one thread, so the child starts from a consistent state; the child
     // only runs `exercise` and leaves with `_exit`.
     let pid = unsafe { libc::fork() };
@@ -173,7 +190,7 @@ pub fn spawn(path: &Path, limits: Limits) -> std::io::Result<Child> {
                 libc::dup2(devnull, 2);
             }
             std::panic::set_hook(Box::new(|_| {}));
-            libc::_exit(exercise(path).code());
+            libc::_exit(exercise(path, inputs).code());
         }
     }
     Ok(Child { pid, started: Instant::now() })

@@ -22,7 +22,7 @@ use clap::Parser;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use isolate::{Child, Limits, Outcome};
+use isolate::{Child, Inputs, Limits, Outcome};
 use mutate::{Base, Class};
 
 #[derive(Parser)]
@@ -98,8 +98,9 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let limits = Limits { timeout: Duration::from_secs_f64(cli.timeout_s), memory: cli.memory_mib << 20 };
+    let inputs = Inputs::new();
     if let Some(Command::Replay { file }) = &cli.command {
-        let outcome = wait(&isolate::spawn(file, limits)?, limits.timeout);
+        let outcome = wait(&isolate::spawn(file, &inputs, limits)?, limits.timeout);
         println!("{}: {}", file.display(), outcome.name());
         return Ok(if outcome.is_defect() { ExitCode::FAILURE } else { ExitCode::SUCCESS });
     }
@@ -148,7 +149,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let bytes = base.mutate(class, &mut rng);
                 let file = out.join(format!("case-{slot}.plan"));
                 std::fs::write(&file, &bytes).with_context(|| format!("writing {}", file.display()))?;
-                *entry = Some((isolate::spawn(&file, limits)?, class, file));
+                *entry = Some((isolate::spawn(&file, &inputs, limits)?, class, file));
                 made += 1;
             }
         }
