@@ -10,7 +10,7 @@ pub fn prototype_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/prototype.plan")
 }
 
-/// The committed prototype engine on the CPU backend, one thread.
+/// The committed prototype engine on the default backend (the native CPU executor), one thread.
 pub fn prototype() -> Engine {
     Engine::open(prototype_path(), &EngineOptions::default()).expect("models/prototype.plan opens")
 }
@@ -43,7 +43,7 @@ pub fn reference_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/segicl-ref.plan")
 }
 
-/// The committed reference engine on the CPU backend, one thread.
+/// The committed reference engine on the default backend (the native CPU executor), one thread.
 pub fn reference() -> Engine {
     Engine::open(reference_path(), &EngineOptions::default()).expect("models/segicl-ref.plan opens")
 }

@@ -118,7 +118,7 @@ pub fn compare(
     draws: usize,
     seed: u64,
 ) -> Result<RefinerComparison> {
-    let cpu = EngineOptions { backend: BackendChoice::Cpu, threads: 1 };
+    let cpu = EngineOptions { backend: BackendChoice::Auto, threads: 1 };
     let engine = Engine::open(engine, &cpu).with_context(|| format!("opening {}", engine.display()))?;
     let open = |p: &Path| Refiner::open(p, &cpu).with_context(|| format!("opening {}", p.display()));
     let (ra, rb) = (open(reference)?, open(quantised)?);

@@ -40,7 +40,7 @@ pub struct Size {
     pub shots: u64,
 }
 
-/// Frame latency (p50, 3 cached shots) on the CPU backend.
+/// Frame latency (p50, 3 cached shots) on the tract backend, the one that runs every precision.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Latency {
     /// Threads.
@@ -71,7 +71,7 @@ fn size(path: &Path) -> Result<Size> {
 }
 
 fn open(path: &Path, threads: usize) -> Result<Engine> {
-    Engine::open(path, &EngineOptions { backend: BackendChoice::Cpu, threads })
+    Engine::open(path, &EngineOptions { backend: BackendChoice::Tract, threads })
         .with_context(|| format!("opening {}", path.display()))
 }
 

@@ -27,14 +27,17 @@
 
 // Backend to run on.
 typedef enum {
-  // The best one present (today: the CPU).
+  // The best one that runs the engine: CUDA (when built and present), then the native CPU
+  // executor, then tract (engines the native executor cannot run, such as int8 ones).
   SEGICL_BACKEND_AUTO = 0,
-  // tract on the CPU.
+  // The native CPU executor (float engines; others: SEGICL_ERR_BACKEND).
   SEGICL_BACKEND_CPU,
   // An NVIDIA GPU through CUDA (not in this build: SEGICL_ERR_BACKEND).
   SEGICL_BACKEND_CUDA,
   // TensorRT on Jetson (not in this build: SEGICL_ERR_UNSUPPORTED).
   SEGICL_BACKEND_TENSORRT,
+  // tract on the CPU: every engine, int8 ones too.
+  SEGICL_BACKEND_TRACT,
 } SegiclBackend;
 
 // Result of a call. Codes are never reused.

@@ -70,14 +70,17 @@ pub enum SegiclPixelFormat {
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SegiclBackend {
-    /// The best one present (today: the CPU).
+    /// The best one that runs the engine: CUDA (when built and present), then the native CPU
+    /// executor, then tract (engines the native executor cannot run, such as int8 ones).
     SEGICL_BACKEND_AUTO = 0,
-    /// tract on the CPU.
+    /// The native CPU executor (float engines; others: SEGICL_ERR_BACKEND).
     SEGICL_BACKEND_CPU,
     /// An NVIDIA GPU through CUDA (not in this build: SEGICL_ERR_BACKEND).
     SEGICL_BACKEND_CUDA,
     /// TensorRT on Jetson (not in this build: SEGICL_ERR_UNSUPPORTED).
     SEGICL_BACKEND_TENSORRT,
+    /// tract on the CPU: every engine, int8 ones too.
+    SEGICL_BACKEND_TRACT,
 }
 
 /// A caller-owned image: `height` rows of `width` pixels, rows `stride_bytes` apart, in a
@@ -471,6 +474,7 @@ pub unsafe extern "C" fn segicl_engine_open(
             1 => BackendChoice::Cpu,
             2 => BackendChoice::Cuda,
             3 => return Err(Failure(SEGICL_ERR_UNSUPPORTED, "the TensorRT backend is not in this build".into())),
+            4 => BackendChoice::Tract,
             other => return Err(invalid(format!("backend {other} is not one of SEGICL_BACKEND_*"))),
         };
         let roi = match opts.v1.roi {

@@ -21,16 +21,16 @@ fn lib_dir() -> PathBuf {
     dir.to_path_buf()
 }
 
-/// Compiles `tests/c/abi_test.c` with `extra` flags against the library in `lib` (found at run time
-/// through `lib` and `so_dir`) into `exe`; false if the compiler refuses.
-fn compile(lib: &Path, so_dir: &Path, exe: &Path, extra: &[&str]) -> bool {
+/// Compiles `tests/c/{source}` with `extra` flags against the library in `lib` (found at run
+/// time through `lib` and `so_dir`) into `exe`; false if the compiler refuses.
+fn compile(source: &str, lib: &Path, so_dir: &Path, exe: &Path, extra: &[&str]) -> bool {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     Command::new("cc")
         .args(["-std=c11", "-Wall", "-Wextra", "-Werror"])
         .args(extra)
         .arg("-I")
         .arg(manifest.join("include"))
-        .arg(manifest.join("tests/c/abi_test.c"))
+        .arg(manifest.join("tests/c").join(source))
         .arg("-L")
         .arg(lib)
         .args(["-lsegicl", "-lpthread"])
@@ -88,6 +88,34 @@ fn build_library(lib: &Path) {
     assert!(lib.join("libsegicl.so").is_file(), "{} is missing after the build", lib.join("libsegicl.so").display());
 }
 
+/// The library's SONAME is libsegicl.so.2, which cargo does not lay out: the loader finds it
+/// through a link in DIR/lib, as an install would provide it. Returns DIR/lib.
+fn link_soname(lib: &Path, dir: &Path) -> PathBuf {
+    let so_dir = dir.join("lib");
+    std::fs::create_dir(&so_dir).unwrap();
+    std::os::unix::fs::symlink(lib.join("libsegicl.so"), so_dir.join("libsegicl.so.2")).unwrap();
+    so_dir
+}
+
+/// A frame through the C ABI allocates nothing after warm-up (native executor, with and without
+/// the ROI pass), counted by a C program whose malloc the library's allocations resolve to.
+#[test]
+fn c_frames_allocate_nothing() {
+    let lib = lib_dir();
+    build_library(&lib);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_inputs(dir);
+    let so_dir = link_soname(&lib, dir);
+    let exe = dir.join("alloc_count");
+    assert!(compile("alloc_count.c", &lib, &so_dir, &exe, &[]), "alloc_count.c does not compile");
+    let out = Command::new(&exe).arg(dir).arg(prototype_path()).output().expect("alloc_count runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout.matches("allocations per frame").count(), 2, "{stdout}");
+}
+
 #[test]
 fn c_program_matches_the_rust_api() {
     let lib = lib_dir();
@@ -98,14 +126,10 @@ fn c_program_matches_the_rust_api() {
     let refiner_path = dir.join("refiner.plan");
     std::fs::write(&refiner_path, segicl_models::box_refiner::file().unwrap()).unwrap();
 
-    // The library's SONAME is libsegicl.so.2, which cargo does not lay out: the loader finds it
-    // through a link in DIR/lib, as an install would provide it.
-    let so_dir = dir.join("lib");
-    std::fs::create_dir(&so_dir).unwrap();
-    std::os::unix::fs::symlink(lib.join("libsegicl.so"), so_dir.join("libsegicl.so.2")).unwrap();
+    let so_dir = link_soname(&lib, dir);
 
     let exe = dir.join("abi_test");
-    assert!(compile(&lib, &so_dir, &exe, &[]), "abi_test.c does not compile");
+    assert!(compile("abi_test.c", &lib, &so_dir, &exe, &[]), "abi_test.c does not compile");
     let valgrind = on_path("valgrind");
     let mut cmd = if valgrind {
         let mut c = Command::new("valgrind");
@@ -136,7 +160,13 @@ fn c_program_matches_the_rust_api() {
     // The same program built with AddressSanitizer and UndefinedBehaviorSanitizer (the C side is
     // instrumented; the library's heap blocks get ASan's red zones), where the compiler has them.
     let sanitized = dir.join("abi_test_asan");
-    if compile(&lib, &so_dir, &sanitized, &["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-g"]) {
+    if compile(
+        "abi_test.c",
+        &lib,
+        &so_dir,
+        &sanitized,
+        &["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-g"],
+    ) {
         let out = Command::new(&sanitized)
             .env("ASAN_OPTIONS", "detect_leaks=0:abort_on_error=0")
             .arg(dir)

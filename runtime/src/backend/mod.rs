@@ -1,11 +1,11 @@
 //! Backends run the encoder and decoder graphs. Each one prepares its plans once per engine and
 //! hands out one [`Runner`] per session; runners write into caller-owned buffers.
 
-pub mod cpu;
 #[cfg(any(feature = "cuda-12", feature = "cuda-13"))]
 pub mod cuda;
-#[cfg(any(feature = "cuda-12", feature = "cuda-13", test))]
+pub mod native;
 pub mod plan;
+pub mod tract;
 
 use std::time::Duration;
 
@@ -16,11 +16,14 @@ use crate::manifest::Manifest;
 /// Which backend an engine should run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BackendChoice {
-    /// The best backend present; says which it took.
+    /// The best backend that runs the engine (CUDA, then the native CPU executor, then tract);
+    /// says which it took and why not the ones before it.
     #[default]
     Auto,
-    /// tract on the CPU (always built).
+    /// The native CPU executor (engines whose graphs lower to a plan: the float ones).
     Cpu,
+    /// tract on the CPU: every engine, the int8 one too.
+    Tract,
     /// An NVIDIA GPU through CUDA.
     Cuda,
 }
@@ -31,15 +34,16 @@ impl std::str::FromStr for BackendChoice {
         match s {
             "auto" => Ok(BackendChoice::Auto),
             "cpu" => Ok(BackendChoice::Cpu),
+            "tract" => Ok(BackendChoice::Tract),
             "cuda" => Ok(BackendChoice::Cuda),
-            other => Err(Error::invalid(format!("unknown backend `{other}`: choose cpu, cuda or auto"))),
+            other => Err(Error::invalid(format!("unknown backend `{other}`: choose cpu, tract, cuda or auto"))),
         }
     }
 }
 
 /// A backend with both graphs of one engine prepared, shared read-only by its sessions.
 pub trait Backend: Send + Sync {
-    /// Short name (`cpu`, `cuda`).
+    /// Short name (`cpu`, `tract`, `cuda`).
     fn name(&self) -> &'static str;
     /// A runner for one session.
     fn runner(&self) -> Result<Box<dyn Runner>>;
@@ -80,27 +84,33 @@ impl DeviceTimings {
     }
 }
 
-/// Prepares the backend `choice` names for the engine in `file`; `auto` takes CUDA when it can
-/// and otherwise the CPU, logging why.
+/// Prepares the backend `choice` names for the engine in `file`; `auto` takes CUDA when it can,
+/// then the native CPU executor, then tract, logging why it passed over each one.
 pub fn prepare(
     choice: BackendChoice,
     file: &EngineFile,
     manifest: &Manifest,
     threads: usize,
 ) -> Result<Box<dyn Backend>> {
-    let cpu = || -> Result<Box<dyn Backend>> { Ok(Box::new(cpu::CpuBackend::prepare(file, manifest, threads)?)) };
+    let native = || -> Result<Box<dyn Backend>> { Ok(Box::new(native::NativeBackend::prepare(file, manifest)?)) };
+    let tract = || -> Result<Box<dyn Backend>> { Ok(Box::new(tract::TractBackend::prepare(file, manifest, threads)?)) };
+    let suggest = |e: Error, other: &str| match e {
+        Error::Backend { backend, what } => Error::Backend {
+            backend,
+            what: format!("{what}; use --backend {other}, or auto to take the best one present"),
+        },
+        other => other,
+    };
     match choice {
-        BackendChoice::Cpu => cpu(),
-        BackendChoice::Cuda => prepare_cuda(file, manifest).map_err(|e| match e {
-            Error::Backend { backend, what } => Error::Backend {
-                backend,
-                what: format!("{what}; use --backend cpu, or auto to take the best one present"),
-            },
-            other => other,
-        }),
+        BackendChoice::Cpu => native().map_err(|e| suggest(e, "tract")),
+        BackendChoice::Tract => tract(),
+        BackendChoice::Cuda => prepare_cuda(file, manifest).map_err(|e| suggest(e, "cpu")),
         BackendChoice::Auto => prepare_cuda(file, manifest).or_else(|e| {
-            log::info!("backend auto: using cpu, not cuda: {e}");
-            cpu()
+            log::info!("backend auto: not cuda: {e}");
+            native().or_else(|e| {
+                log::info!("backend auto: using tract, not the native cpu executor: {e}");
+                tract()
+            })
         }),
     }
 }

@@ -30,7 +30,7 @@ pub use manifest::RefinerManifest;
 pub(crate) use runner::RefineRunner;
 pub use runner::RefineTimings;
 
-use crate::backend::cpu::{load, run_options, GraphSource, Plan};
+use crate::backend::tract::{load, run_options, GraphSource, Plan};
 use crate::backend::BackendChoice;
 use crate::engine::EngineOptions;
 use crate::error::{Error, Result};
@@ -131,7 +131,8 @@ impl std::fmt::Debug for Refiner {
 
 impl Refiner {
     /// Maps and verifies `path`, checks both graphs against its manifest and prepares them on
-    /// the CPU with `options.threads` threads. The CUDA backend does not run refiners:
+    /// the CPU with tract (`options.threads` threads; the native executor does not run refiners
+    /// yet). The CUDA backend does not run refiners:
     /// `--backend cuda` is refused saying why; `auto` runs the refiner on the CPU.
     pub fn open(path: impl AsRef<Path>, options: &EngineOptions) -> Result<Refiner> {
         let RefinerMetadata { file, manifest } = RefinerMetadata::open(path.as_ref())?;

@@ -9,7 +9,7 @@ use tract_onnx::prelude::*;
 
 use super::boxes::{BoxFinder, BoxRule, PixelBox, MAX_BLOBS};
 use super::Refiner;
-use crate::backend::cpu::{fill, input_tensor, run_err, run_graph};
+use crate::backend::tract::{fill, input_tensor, run_err, run_graph};
 use crate::error::Result;
 use crate::image::{ImageView, MaskMut, OwnedImage, PixelFormat};
 use crate::postprocess::{region_into_mask, threshold_logit, Placement};

@@ -34,8 +34,8 @@ use half::f16;
 use super::plan::{self, Plan};
 use super::{Backend, Runner};
 use crate::error::{Error, Result};
-use crate::format::{EngineFile, Tag};
-use crate::manifest::{Direction, Graph, Manifest};
+use crate::format::EngineFile;
+use crate::manifest::{Graph, Manifest};
 use graph::DeviceGraph;
 use kernels::Kernels;
 
@@ -214,36 +214,9 @@ impl<T: Element> Backend for CudaBackend<T> {
     }
 }
 
-/// Lowers one graph of the engine for the manifest's input shapes and checks its inputs and
-/// outputs against the manifest's tensor table.
+/// Lowers one graph of the engine for this backend.
 fn lower(file: &EngineFile, manifest: &Manifest, graph: Graph) -> Result<Plan> {
-    let (name, tag) = match graph {
-        Graph::Encoder => ("encoder", Tag::ENCODER),
-        Graph::Decoder => ("decoder", Tag::DECODER),
-    };
-    let bytes = file.section(tag).expect("verified engines have both graphs");
-    let inputs: Vec<(&str, &[usize])> =
-        manifest.tensors(graph, Direction::Input).map(|t| (t.name.as_str(), &t.shape[..])).collect();
-    let plan = plan::lower(bytes, &inputs).map_err(|e| error(format!("{name} graph: {e}")))?;
-    for (direction, values) in [(Direction::Input, &plan.inputs), (Direction::Output, &plan.outputs)] {
-        let specs: Vec<_> = manifest.tensors(graph, direction).collect();
-        if specs.len() != values.len() {
-            return Err(Error::contract(
-                name,
-                format!("the graph has {} {direction:?}s, the manifest lists {}", values.len(), specs.len()),
-            ));
-        }
-        for (tensor, id) in values {
-            let shape = &plan.values[*id].shape;
-            if !specs.iter().any(|s| &s.name == tensor && &s.shape == shape) {
-                return Err(Error::contract(
-                    name,
-                    format!("{direction:?} `{tensor}` of shape {shape:?} is not in the manifest's tensor table"),
-                ));
-            }
-        }
-    }
-    Ok(plan)
+    plan::lower_engine(file, manifest, graph, "cuda")
 }
 
 #[cfg(test)]

@@ -1154,7 +1154,7 @@ fn product(dims: &[usize]) -> usize {
 }
 
 /// Element strides of a dense row-major tensor.
-pub(super) fn row_major_strides(shape: &[usize]) -> Vec<usize> {
+pub fn row_major_strides(shape: &[usize]) -> Vec<usize> {
     let mut strides = vec![1; shape.len()];
     for a in (0..shape.len().saturating_sub(1)).rev() {
         strides[a] = strides[a + 1] * shape[a + 1];

@@ -8,9 +8,45 @@
 
 mod lower;
 #[cfg(test)]
-mod reference;
+pub(crate) mod reference;
 
-pub use lower::{lower, Unsupported};
+pub use lower::{lower, row_major_strides, Unsupported};
+
+use crate::error::{Error, Result};
+use crate::format::{EngineFile, Tag};
+use crate::manifest::{Direction, Graph, Manifest};
+
+/// Lowers one graph of the engine for the manifest's input shapes and checks its inputs and
+/// outputs against the manifest's tensor table; errors are `backend`'s.
+pub fn lower_engine(file: &EngineFile, manifest: &Manifest, graph: Graph, backend: &'static str) -> Result<Plan> {
+    let (name, tag) = match graph {
+        Graph::Encoder => ("encoder", Tag::ENCODER),
+        Graph::Decoder => ("decoder", Tag::DECODER),
+    };
+    let bytes = file.section(tag).expect("verified engines have both graphs");
+    let inputs: Vec<(&str, &[usize])> =
+        manifest.tensors(graph, Direction::Input).map(|t| (t.name.as_str(), &t.shape[..])).collect();
+    let plan = lower(bytes, &inputs).map_err(|e| Error::Backend { backend, what: format!("{name} graph: {e}") })?;
+    for (direction, values) in [(Direction::Input, &plan.inputs), (Direction::Output, &plan.outputs)] {
+        let specs: Vec<_> = manifest.tensors(graph, direction).collect();
+        if specs.len() != values.len() {
+            return Err(Error::contract(
+                name,
+                format!("the graph has {} {direction:?}s, the manifest lists {}", values.len(), specs.len()),
+            ));
+        }
+        for (tensor, id) in values {
+            let shape = &plan.values[*id].shape;
+            if !specs.iter().any(|s| &s.name == tensor && &s.shape == shape) {
+                return Err(Error::contract(
+                    name,
+                    format!("{direction:?} `{tensor}` of shape {shape:?} is not in the manifest's tensor table"),
+                ));
+            }
+        }
+    }
+    Ok(plan)
+}
 
 /// Index of a value (tensor) in [`Plan::values`].
 pub type ValueId = usize;
@@ -411,4 +447,35 @@ pub enum Op {
         /// Fill value.
         value: f32,
     },
+}
+
+/// For every output position along one axis: the two input positions it interpolates and the
+/// weight of the second (nearest: the same position twice). `len_in` is at least 1.
+pub fn resize_taps(
+    mode: ResizeMode,
+    coordinates: ResizeCoordinates,
+    len_in: usize,
+    len_out: usize,
+) -> Vec<(usize, usize, f32)> {
+    let scale = len_out as f32 / len_in as f32;
+    let last = len_in as isize - 1;
+    let clamp = |i: f32| (i as isize).clamp(0, last) as usize;
+    (0..len_out)
+        .map(|o| {
+            let o = o as f32;
+            let x = match coordinates {
+                ResizeCoordinates::HalfPixel => (o + 0.5) / scale - 0.5,
+                ResizeCoordinates::PytorchHalfPixel if len_out > 1 => (o + 0.5) / scale - 0.5,
+                ResizeCoordinates::AlignCorners if len_out > 1 => o * (len_in - 1) as f32 / (len_out - 1) as f32,
+                ResizeCoordinates::PytorchHalfPixel | ResizeCoordinates::AlignCorners => 0.0,
+                ResizeCoordinates::Asymmetric => o / scale,
+            };
+            match mode {
+                // round_prefer_floor: halves go down.
+                ResizeMode::Nearest if x - x.floor() == 0.5 => (clamp(x.floor()), clamp(x.floor()), 0.0),
+                ResizeMode::Nearest => (clamp(x.round()), clamp(x.round()), 0.0),
+                ResizeMode::Linear => (clamp(x.floor()), clamp(x.floor() + 1.0), x - x.floor()),
+            }
+        })
+        .collect()
 }

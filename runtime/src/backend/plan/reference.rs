@@ -9,9 +9,9 @@ use std::sync::Arc;
 
 use tract_onnx::prelude::*;
 
-use super::lower::{row_major_strides, unravel};
+use super::lower::unravel;
 use super::{
-    Op, Plan, PoolKind, ReduceKind, ResizeCoordinates, ResizeMode, UnaryKind, ValueId, ValueKind, WeightData, Window,
+    resize_taps, row_major_strides, Op, Plan, PoolKind, ReduceKind, UnaryKind, ValueId, ValueKind, WeightData, Window,
 };
 
 /// Runs `plan` on `inputs` (one slice per plan input, in order) and returns its outputs, in order.
@@ -208,7 +208,7 @@ fn pool(op: &Op, x: &[f32]) -> Vec<f32> {
 
 fn resize(op: &Op, x: &[f32]) -> Vec<f32> {
     let &Op::Resize { mode, coordinates, planes, in_h, in_w, out_h, out_w } = op else { unreachable!("{op:?}") };
-    let (rows, cols) = (taps(mode, coordinates, in_h, out_h), taps(mode, coordinates, in_w, out_w));
+    let (rows, cols) = (resize_taps(mode, coordinates, in_h, out_h), resize_taps(mode, coordinates, in_w, out_w));
     let mut out = Vec::with_capacity(planes * out_h * out_w);
     for plane in x.chunks_exact(in_h * in_w).take(planes) {
         for &(y0, y1, fy) in &rows {
@@ -219,32 +219,6 @@ fn resize(op: &Op, x: &[f32]) -> Vec<f32> {
         }
     }
     out
-}
-
-/// For every output position along one axis: the two input positions it interpolates and the
-/// weight of the second (nearest: the same position twice).
-fn taps(mode: ResizeMode, coordinates: ResizeCoordinates, len_in: usize, len_out: usize) -> Vec<(usize, usize, f32)> {
-    let scale = len_out as f32 / len_in as f32;
-    let last = len_in as isize - 1;
-    let clamp = |i: f32| (i as isize).clamp(0, last) as usize;
-    (0..len_out)
-        .map(|o| {
-            let o = o as f32;
-            let x = match coordinates {
-                ResizeCoordinates::HalfPixel => (o + 0.5) / scale - 0.5,
-                ResizeCoordinates::PytorchHalfPixel if len_out > 1 => (o + 0.5) / scale - 0.5,
-                ResizeCoordinates::AlignCorners if len_out > 1 => o * (len_in - 1) as f32 / (len_out - 1) as f32,
-                ResizeCoordinates::PytorchHalfPixel | ResizeCoordinates::AlignCorners => 0.0,
-                ResizeCoordinates::Asymmetric => o / scale,
-            };
-            match mode {
-                // round_prefer_floor: halves go down.
-                ResizeMode::Nearest if x - x.floor() == 0.5 => (clamp(x.floor()), clamp(x.floor()), 0.0),
-                ResizeMode::Nearest => (clamp(x.round()), clamp(x.round()), 0.0),
-                ResizeMode::Linear => (clamp(x.floor()), clamp(x.floor() + 1.0), x - x.floor()),
-            }
-        })
-        .collect()
 }
 
 fn transpose(in_shape: &[usize], perm: &[usize], x: &[f32]) -> Vec<f32> {

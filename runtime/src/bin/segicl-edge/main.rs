@@ -38,7 +38,7 @@ struct Cli {
     /// Engine file (default: the bundled models/segicl-ref.plan).
     #[arg(long, global = true)]
     engine: Option<PathBuf>,
-    /// Backend: cpu, cuda or auto.
+    /// Backend: cpu (the native executor), tract, cuda or auto (cuda, then cpu, then tract).
     #[arg(long, global = true, default_value = "auto")]
     backend: BackendChoice,
     /// CPU threads for the graphs.

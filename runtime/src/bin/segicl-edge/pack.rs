@@ -90,7 +90,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let parts = EngineParts { manifest, encoder, decoder, card, shots, calib: None };
     parts.write(&args.out)?;
-    if let Err(e) = Engine::open(&args.out, &EngineOptions { backend: BackendChoice::Cpu, threads: 1 }) {
+    if let Err(e) = Engine::open(&args.out, &EngineOptions { backend: BackendChoice::Tract, threads: 1 }) {
         let _ = std::fs::remove_file(&args.out);
         bail!("the graphs do not fit the manifest, nothing written: {e}");
     }

@@ -28,7 +28,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         RefinerManifest::from_json(&manifest).with_context(|| args.sources.manifest.display().to_string())?;
     let parts = RefinerParts { manifest, encoder, decoder, card };
     segicl::format::write_atomically(&args.out, &parts.to_bytes()?)?;
-    if let Err(e) = Refiner::open(&args.out, &EngineOptions { backend: BackendChoice::Cpu, threads: 1 }) {
+    if let Err(e) = Refiner::open(&args.out, &EngineOptions { backend: BackendChoice::Tract, threads: 1 }) {
         let _ = std::fs::remove_file(&args.out);
         bail!("the graphs do not fit the manifest, nothing written: {e}");
     }

@@ -1,4 +1,6 @@
-//! The CPU backend: tract runs both ONNX graphs, optimised once at open with static shapes.
+//! The tract backend: tract runs both ONNX graphs on the CPU, optimised once at open with static
+//! shapes. It runs every engine (the int8 one too) and is the reference the native executor is
+//! tested against.
 
 use std::sync::Arc;
 
@@ -15,7 +17,7 @@ use crate::manifest::{Direction, Graph, Manifest, TensorSpec};
 pub(crate) type Plan = Arc<TypedRunnableModel>;
 
 /// Both graphs of an engine, optimised for this CPU.
-pub struct CpuBackend {
+pub struct TractBackend {
     encoder: Plan,
     decoder: Plan,
     /// Where each decoder input comes from, in the decoder's input order.
@@ -42,15 +44,15 @@ struct Shapes {
     ctx_valid: [usize; 2],
 }
 
-impl CpuBackend {
+impl TractBackend {
     /// Loads, checks against the manifest and optimises both graphs; `threads` > 1 enables
     /// tract's multithreaded matrix products.
     pub fn prepare(file: &EngineFile, manifest: &Manifest, threads: usize) -> Result<Self> {
         use crate::manifest::DType;
         match (manifest.precision.encoder, manifest.precision.decoder) {
-            (DType::F16, _) | (_, DType::F16) => log::info!("cpu: f16 weights are upcast to f32 at open"),
+            (DType::F16, _) | (_, DType::F16) => log::info!("tract: f16 weights are upcast to f32 at open"),
             (DType::I8, _) | (_, DType::I8) => {
-                log::info!("cpu: int8 weights are dequantised at open; activations run through QDQ in f32")
+                log::info!("tract: int8 weights are dequantised at open; activations run through QDQ in f32")
             }
             _ => {}
         }
@@ -74,7 +76,7 @@ impl CpuBackend {
             manifest.token_width,
             manifest.max_shots,
         );
-        Ok(CpuBackend {
+        Ok(TractBackend {
             encoder,
             decoder,
             decoder_inputs,
@@ -267,14 +269,14 @@ fn load_checked(
     Ok((plan, inputs, outputs))
 }
 
-impl Backend for CpuBackend {
+impl Backend for TractBackend {
     fn name(&self) -> &'static str {
-        "cpu"
+        "tract"
     }
 
     fn runner(&self) -> Result<Box<dyn Runner>> {
-        let backend_err = |e: TractError| Error::Backend { backend: "cpu", what: e.to_string() };
-        Ok(Box::new(CpuRunner {
+        let backend_err = |e: TractError| Error::Backend { backend: "tract", what: e.to_string() };
+        Ok(Box::new(TractRunner {
             encoder: self.encoder.spawn().map_err(backend_err)?,
             decoder: self.decoder.spawn().map_err(backend_err)?,
             decoder_inputs: self.decoder_inputs.clone(),
@@ -289,7 +291,7 @@ impl Backend for CpuBackend {
     }
 }
 
-struct CpuRunner {
+struct TractRunner {
     encoder: TypedSimpleState,
     decoder: TypedSimpleState,
     decoder_inputs: Vec<DecoderInput>,
@@ -303,14 +305,14 @@ struct CpuRunner {
 }
 
 pub(crate) fn run_err(graph: &str, e: TractError) -> Error {
-    Error::Backend { backend: "cpu", what: format!("{graph} failed: {e:#}") }
+    Error::Backend { backend: "tract", what: format!("{graph} failed: {e:#}") }
 }
 
 /// Runs one graph; a panic inside tract (a malformed graph that passed the checks at open)
 /// becomes a backend error naming `graph`.
 pub(crate) fn run_graph(state: &mut TypedSimpleState, inputs: TVec<TValue>, graph: &str) -> Result<TVec<TValue>> {
     crate::guard::no_panic(|| state.run(inputs))
-        .map_err(|panic| Error::Backend { backend: "cpu", what: format!("{graph} failed: tract panicked: {panic}") })?
+        .map_err(|panic| Error::Backend { backend: "tract", what: format!("{graph} failed: tract panicked: {panic}") })?
         .map_err(|e| run_err(graph, e))
 }
 
@@ -333,7 +335,7 @@ pub(crate) fn fill(slot: &mut Arc<Tensor>, data: &[f32]) -> Result<TValue> {
     Ok(TValue::from_const(slot.clone()))
 }
 
-impl Runner for CpuRunner {
+impl Runner for TractRunner {
     fn encode(&mut self, image: &[f32], mask: &[f32], ctx: &mut [f32]) -> Result<()> {
         let (image, mask) = (fill(&mut self.image, image)?, fill(&mut self.mask, mask)?);
         let inputs = if self.image_first { tvec![image, mask] } else { tvec![mask, image] };
@@ -348,7 +350,7 @@ impl Runner for CpuRunner {
 
     fn decode(&mut self, ctx: &[f32], ctx_valid: &[f32], logits: &mut [f32]) -> Result<()> {
         if self.features.is_empty() {
-            return Err(Error::Backend { backend: "cpu", what: "decode called before encode".into() });
+            return Err(Error::Backend { backend: "tract", what: "decode called before encode".into() });
         }
         let mut inputs = TVec::with_capacity(self.decoder_inputs.len());
         for source in &self.decoder_inputs {

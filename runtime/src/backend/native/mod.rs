@@ -1,0 +1,192 @@
+//! The native CPU backend: both graphs lowered to a [`Plan`](super::plan::Plan) and compiled
+//! into [`Program`]s that run on one arena per session, allocated once when the session is
+//! created, with this crate's own kernels (`gemm.rs`: AVX-512 / AVX2 tile kernels, packed
+//! weights; `kernels.rs`: everything else). A frame allocates nothing.
+//!
+//! Weights are converted to f32 (an fp16 engine's too) and convolution weights packed for the
+//! tile kernel once at open; the engine's graph sections are not used after that. An engine
+//! whose graphs do not lower (the int8 engine's QuantizeLinear, an op the plan lacks) is refused
+//! with the node named, and `auto` then runs it with tract.
+//!
+//! The native executor runs on one thread: `--threads` is tract's.
+
+mod check;
+mod gemm;
+mod kernels;
+mod program;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use super::plan;
+use super::{Backend, Runner};
+use crate::error::{Error, Result};
+use crate::format::EngineFile;
+use crate::manifest::{Graph, Manifest};
+use gemm::Isa;
+use program::{Place, Program, Slot};
+
+/// What the sessions of one engine share: both compiled graphs and where their inputs and
+/// outputs live in a session's arena.
+#[derive(Debug)]
+struct Shared {
+    encoder: Program,
+    decoder: Program,
+    /// Floats of a session's arena (both programs; the decoder's part after the encoder's).
+    arena: usize,
+    /// Floats of a session's scratch (the larger of the two programs' needs).
+    scratch: usize,
+    image: Slot,
+    mask: Slot,
+    ctx_out: Slot,
+    ctx_in: Slot,
+    ctx_valid: Slot,
+    logits: Slot,
+}
+
+/// Both graphs of an engine, compiled for this CPU.
+pub struct NativeBackend {
+    shared: Arc<Shared>,
+}
+
+impl NativeBackend {
+    /// Lowers and compiles both graphs of the engine, or says why it cannot (the node the plan
+    /// cannot express, or sizes that do not fit).
+    pub fn prepare(file: &EngineFile, manifest: &Manifest) -> Result<Self> {
+        let isa = Isa::detect();
+        let refuse = |graph: &'static str| move |what: String| Error::contract(graph, what);
+        let encoder_plan = plan::lower_engine(file, manifest, Graph::Encoder, "cpu")?;
+        let encoder = Program::compile(&encoder_plan, isa, 0, &[]).map_err(refuse("encoder"))?;
+        let mut features = Vec::new();
+        for (name, slot) in encoder.outputs.iter().filter(|(name, _)| name != "ctx") {
+            if !matches!(slot.place, Place::Arena(_)) {
+                return Err(Error::contract("encoder", format!("output `{name}` is a constant")));
+            }
+            features.push((name.as_str(), *slot));
+        }
+        let decoder_plan = plan::lower_engine(file, manifest, Graph::Decoder, "cpu")?;
+        let decoder = Program::compile(&decoder_plan, isa, encoder.arena_end, &features).map_err(refuse("decoder"))?;
+        let find = |program: &Program, outputs: bool, name: &str, graph: &'static str| {
+            let list = if outputs { &program.outputs } else { &program.inputs };
+            list.iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, s)| *s)
+                .ok_or_else(|| Error::contract(graph, format!("the graph has no `{name}`")))
+        };
+        let logits = decoder.outputs.first().map(|(_, s)| *s).ok_or_else(|| Error::contract("decoder", "no output"))?;
+        let shared = Shared {
+            image: find(&encoder, false, "image", "encoder")?,
+            mask: find(&encoder, false, "mask", "encoder")?,
+            ctx_out: find(&encoder, true, "ctx", "encoder")?,
+            ctx_in: find(&decoder, false, "ctx", "decoder")?,
+            ctx_valid: find(&decoder, false, "ctx_valid", "decoder")?,
+            logits,
+            arena: encoder.arena_end.max(decoder.arena_end),
+            scratch: encoder.scratch.max(decoder.scratch),
+            encoder,
+            decoder,
+        };
+        for slot in [shared.image, shared.mask, shared.ctx_in, shared.ctx_valid] {
+            if !matches!(slot.place, Place::Arena(_)) {
+                return Err(Error::contract("graph", "an input is a constant"));
+            }
+        }
+        log::info!(
+            "cpu: native executor ({} kernels), {} + {} steps, {:.1} MiB of arena per session",
+            isa.name(),
+            shared.encoder.steps.len(),
+            shared.decoder.steps.len(),
+            (shared.arena * 4) as f64 / (1 << 20) as f64
+        );
+        Ok(NativeBackend { shared: Arc::new(shared) })
+    }
+}
+
+impl Backend for NativeBackend {
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn runner(&self) -> Result<Box<dyn Runner>> {
+        let shared = self.shared.clone();
+        Ok(Box::new(NativeRunner {
+            arena: vec![0.0; shared.arena],
+            scratch: vec![0.0; shared.scratch],
+            encoded: false,
+            shared,
+        }))
+    }
+}
+
+/// One session's memory: the arena both programs run in and the kernels' scratch.
+struct NativeRunner {
+    shared: Arc<Shared>,
+    arena: Vec<f32>,
+    scratch: Vec<f32>,
+    /// Whether the encoder has run, so the decoder has features to read.
+    encoded: bool,
+}
+
+impl NativeRunner {
+    /// Copies `data` into the arena at `slot`.
+    fn write(&mut self, slot: Slot, data: &[f32], what: &str) -> Result<()> {
+        let Place::Arena(at) = slot.place else { unreachable!("inputs are arena slots (checked at open)") };
+        if data.len() != slot.len {
+            return Err(error(format!("{what} has {} values, the graph takes {}", data.len(), slot.len)));
+        }
+        self.arena[at..at + slot.len].copy_from_slice(data);
+        Ok(())
+    }
+
+    /// Copies the arena (or constants of `program`) at `slot` into `out`.
+    fn read(&self, program: &Program, slot: Slot, out: &mut [f32], what: &str) -> Result<()> {
+        let src = match slot.place {
+            Place::Arena(at) => &self.arena[at..at + slot.len],
+            Place::Constant(at) => &program.constants[at..at + slot.len],
+        };
+        if out.len() != src.len() {
+            return Err(error(format!("{what} has room for {} values, the graph gives {}", out.len(), src.len())));
+        }
+        out.copy_from_slice(src);
+        Ok(())
+    }
+
+    /// Runs `program`; a panic (a bug: the sizes were checked at open) becomes an error.
+    fn run(&mut self, decoder: bool, graph: &str) -> Result<()> {
+        let shared = &self.shared;
+        let program = if decoder { &shared.decoder } else { &shared.encoder };
+        let (arena, scratch) = (&mut self.arena, &mut self.scratch);
+        crate::guard::no_panic(|| kernels::run(program, arena, scratch, None))
+            .map_err(|panic| error(format!("{graph} failed: the native executor panicked: {panic}")))
+    }
+}
+
+impl Runner for NativeRunner {
+    fn encode(&mut self, image: &[f32], mask: &[f32], ctx: &mut [f32]) -> Result<()> {
+        let shared = self.shared.clone();
+        self.encoded = false;
+        self.write(shared.image, image, "the image")?;
+        self.write(shared.mask, mask, "the mask")?;
+        self.run(false, "encoder")?;
+        self.read(&shared.encoder, shared.ctx_out, ctx, "the context")?;
+        self.encoded = true;
+        Ok(())
+    }
+
+    fn decode(&mut self, ctx: &[f32], ctx_valid: &[f32], logits: &mut [f32]) -> Result<()> {
+        if !self.encoded {
+            return Err(error("decode called before encode".into()));
+        }
+        let shared = self.shared.clone();
+        self.write(shared.ctx_in, ctx, "the context")?;
+        self.write(shared.ctx_valid, ctx_valid, "the context validity")?;
+        self.run(true, "decoder")?;
+        self.read(&shared.decoder, shared.logits, logits, "the logits")
+    }
+}
+
+/// An [`Error::Backend`] of this backend.
+fn error(what: String) -> Error {
+    Error::Backend { backend: "cpu", what }
+}

@@ -1,0 +1,390 @@
+//! A lowered [`Plan`] compiled for the native executor: every value placed once, either in the
+//! program's constants or at a fixed offset of the session's arena (offsets shared by values
+//! whose lifetimes do not overlap), convolutions' weights packed for the tile kernel, Conv +
+//! (Add of a residual) + Relu/Clip fused into one step, and every size checked so that running
+//! it can only touch memory it owns.
+
+use std::collections::HashMap;
+
+use super::gemm::{self, Activation, Isa};
+use crate::backend::plan::{row_major_strides, BinaryKind, Op, Plan, UnaryKind, ValueId, ValueKind, WeightData};
+
+/// Arena offsets are multiples of this many floats (64 bytes, one cache line).
+const ALIGN: usize = 16;
+
+/// Most axes a strided step may have.
+pub const MAX_AXES: usize = 8;
+
+/// Most floats a program's arena may span (1 GiB).
+const MAX_ARENA: usize = 1 << 28;
+
+/// Where a value lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// At this offset of the session's arena.
+    Arena(usize),
+    /// At this offset of the program's constants.
+    Constant(usize),
+}
+
+/// A value's place and length, in floats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slot {
+    /// Where it starts.
+    pub place: Place,
+    /// Floats.
+    pub len: usize,
+}
+
+impl Slot {
+    fn arena_range(&self) -> Option<std::ops::Range<usize>> {
+        match self.place {
+            Place::Arena(at) => Some(at..at + self.len),
+            Place::Constant(_) => None,
+        }
+    }
+}
+
+/// A convolution's packed weights and what is fused into its store.
+#[derive(Debug, Clone)]
+pub struct ConvExtra {
+    /// Weights packed per group for the tile kernel ([`gemm::pack_a`]), in the constants; `None`
+    /// for groups too narrow for the kernel (they run as a direct loop on the plain weights).
+    pub packed: Option<Slot>,
+    /// A residual added before the activation (an `Add` fused into the step).
+    pub residual: Option<Slot>,
+    /// Relu or Clip fused into the step.
+    pub activation: Activation,
+}
+
+/// Precomputed data of one step.
+#[derive(Debug, Clone)]
+pub enum Extra {
+    /// Nothing.
+    None,
+    /// Of a convolution.
+    Conv(ConvExtra),
+    /// Of a resize: per output row and per output column, the two input positions and the
+    /// weight of the second.
+    Resize {
+        /// Per output row.
+        rows: Vec<(usize, usize, f32)>,
+        /// Per output column.
+        cols: Vec<(usize, usize, f32)>,
+    },
+}
+
+/// One step, ready to run.
+#[derive(Debug, Clone)]
+pub struct Step {
+    /// The ONNX node's name, for errors.
+    pub node: String,
+    /// What to compute (as the plan says).
+    pub op: Op,
+    /// Operands, in [`Op`]'s order.
+    pub inputs: Vec<Slot>,
+    /// The result.
+    pub output: Slot,
+    /// Precomputed data.
+    pub extra: Extra,
+}
+
+/// A compiled graph.
+#[derive(Debug)]
+pub struct Program {
+    /// The tile kernel the packed weights are laid out for.
+    pub isa: Isa,
+    /// The work, in order.
+    pub steps: Vec<Step>,
+    /// Weights and folded constants, f32 (an fp16 engine's are converted at open), packed
+    /// weights among them.
+    pub constants: Vec<f32>,
+    /// The end of this program's part of the arena (it starts at the `base` it was compiled at).
+    pub arena_end: usize,
+    /// Floats of scratch the largest step needs (packed panels).
+    pub scratch: usize,
+    /// Graph inputs, in graph order.
+    pub inputs: Vec<(String, Slot)>,
+    /// Graph outputs, in graph order.
+    pub outputs: Vec<(String, Slot)>,
+}
+
+impl Program {
+    /// Compiles `plan` for `isa`, placing its arena values from offset `base` on; `bound` gives
+    /// inputs a place fixed elsewhere (the decoder reads the encoder's features where the
+    /// encoder wrote them). An inconsistent plan (sizes that do not match) is refused with the
+    /// node's name.
+    pub fn compile(plan: &Plan, isa: Isa, base: usize, bound: &[(&str, Slot)]) -> Result<Program, String> {
+        let steps = fuse(plan);
+        let mut constants = Vec::new();
+        let mut constant_slots: HashMap<ValueId, Slot> = HashMap::new();
+        let root = |v: ValueId| match plan.values[v].kind {
+            ValueKind::Alias(target) => target,
+            _ => v,
+        };
+        // Lifetimes (first and last step, inclusive) of the values the arena holds.
+        let end = steps.len();
+        let mut life: HashMap<ValueId, (usize, usize)> = HashMap::new();
+        for (_, v) in &plan.inputs {
+            life.insert(root(*v), (0, end));
+        }
+        for (i, step) in steps.iter().enumerate() {
+            for &v in step.inputs.iter().chain(step.extra_inputs.iter()) {
+                if let Some(l) = life.get_mut(&root(v)) {
+                    l.1 = l.1.max(i);
+                }
+            }
+            life.entry(root(step.output)).or_insert((i, i));
+        }
+        for (_, v) in &plan.outputs {
+            if let Some(l) = life.get_mut(&root(*v)) {
+                l.1 = end;
+            }
+        }
+        let mut fixed: HashMap<ValueId, Slot> = HashMap::new();
+        for (name, v) in &plan.inputs {
+            if let Some((_, s)) = bound.iter().find(|(n, _)| n == name) {
+                if s.len != plan.values[*v].len() {
+                    return Err(format!(
+                        "input `{name}` takes {} values, its source holds {}",
+                        plan.values[*v].len(),
+                        s.len
+                    ));
+                }
+                fixed.insert(root(*v), *s);
+            }
+        }
+        let bound = fixed;
+        let mut order: Vec<(ValueId, (usize, usize))> =
+            life.iter().filter(|(v, _)| !bound.contains_key(v)).map(|(&v, &l)| (v, l)).collect();
+        order.sort_by_key(|&(v, (first, _))| (first, v));
+        let mut placed: Vec<(usize, usize, (usize, usize))> = Vec::new();
+        let mut arena: HashMap<ValueId, Slot> = bound;
+        let mut arena_end = base;
+        for (v, l) in order {
+            let len = plan.values[v].len();
+            let at = first_fit(&placed, base, len, l);
+            if at + len > MAX_ARENA {
+                return Err(format!("the graph needs over {MAX_ARENA} floats of working memory"));
+            }
+            placed.push((at, len, l));
+            arena_end = arena_end.max(at + len);
+            arena.insert(v, Slot { place: Place::Arena(at), len });
+        }
+        let mut slot = |v: ValueId, constants: &mut Vec<f32>| -> Result<Slot, String> {
+            let r = root(v);
+            if let Some(s) = arena.get(&r) {
+                return Ok(*s);
+            }
+            if let Some(s) = constant_slots.get(&r) {
+                return Ok(*s);
+            }
+            match &plan.values[r].kind {
+                ValueKind::Weight(data) => {
+                    let (at, len) = (constants.len(), plan.values[r].len());
+                    match data {
+                        WeightData::F32(d) => constants.extend_from_slice(d),
+                        WeightData::F16(d) => constants.extend(d.iter().map(|x| x.to_f32())),
+                    }
+                    if constants.len() - at != len {
+                        let shape = &plan.values[r].shape;
+                        return Err(format!("a constant of shape {shape:?} holds {} values", constants.len() - at));
+                    }
+                    let s = Slot { place: Place::Constant(at), len };
+                    constant_slots.insert(r, s);
+                    Ok(s)
+                }
+                _ => Err(format!("value {v} is read but never written")),
+            }
+        };
+        let mut compiled = Vec::with_capacity(steps.len());
+        let mut scratch = 0;
+        for step in &steps {
+            let fail = |why: String| format!("node `{}`: {why}", step.node);
+            let inputs: Vec<Slot> =
+                step.inputs.iter().map(|&v| slot(v, &mut constants)).collect::<Result<_, _>>().map_err(fail)?;
+            let output = slot(step.output, &mut constants).map_err(fail)?;
+            let extra = match &step.op {
+                Op::Conv { c_in, c_out, window, groups, .. } => {
+                    let residual =
+                        step.extra_inputs.first().map(|&v| slot(v, &mut constants)).transpose().map_err(fail)?;
+                    let (out_group, k) = (c_out / groups, c_in / groups * window.kernel[0] * window.kernel[1]);
+                    let packed = if out_group >= isa.mr() / 2 {
+                        let weights = constant_data(&constants, inputs[1])
+                            .ok_or_else(|| fail("convolution weights must be constant".into()))?;
+                        if weights.len() != c_out * k {
+                            return Err(fail(format!("the weights hold {} values, not {}", weights.len(), c_out * k)));
+                        }
+                        let per_group = gemm::packed_len(out_group, k, isa.mr());
+                        let mut packed = vec![0.0; per_group * groups];
+                        for g in 0..*groups {
+                            let w = &weights[g * out_group * k..][..out_group * k];
+                            gemm::pack_a(gemm::Matrix::dense(w, out_group, k), isa.mr(), &mut packed[g * per_group..]);
+                        }
+                        scratch = scratch.max(k * isa.nr());
+                        let s = Slot { place: Place::Constant(constants.len()), len: packed.len() };
+                        constants.extend_from_slice(&packed);
+                        Some(s)
+                    } else {
+                        None
+                    };
+                    Extra::Conv(ConvExtra { packed, residual, activation: step.activation })
+                }
+                Op::MatMul { m, k, .. } => {
+                    scratch = scratch.max(gemm::packed_len(*m, *k, isa.mr()) + k * isa.nr());
+                    Extra::None
+                }
+                &Op::Resize { mode, coordinates, in_h, in_w, out_h, out_w, .. } => {
+                    if in_h == 0 || in_w == 0 {
+                        return Err(fail("resize of an empty image".into()));
+                    }
+                    let taps = |i, o| crate::backend::plan::resize_taps(mode, coordinates, i, o);
+                    Extra::Resize { rows: taps(in_h, out_h), cols: taps(in_w, out_w) }
+                }
+                _ => Extra::None,
+            };
+            let compiled_step = Step { node: step.node.clone(), op: step.op.clone(), inputs, output, extra };
+            super::check::step(&compiled_step).map_err(fail)?;
+            compiled.push(compiled_step);
+        }
+        let mut io = |list: &[(String, ValueId)], constants: &mut Vec<f32>| -> Result<Vec<(String, Slot)>, String> {
+            list.iter().map(|(name, v)| Ok((name.clone(), slot(*v, constants)?))).collect()
+        };
+        let inputs = io(&plan.inputs, &mut constants)?;
+        let outputs = io(&plan.outputs, &mut constants)?;
+        for step in &compiled {
+            let out = step.output.arena_range().ok_or_else(|| format!("node `{}` writes a constant", step.node))?;
+            let clash = step.inputs.iter().chain(conv_residual(step)).filter_map(Slot::arena_range);
+            if clash.into_iter().any(|r| r.start < out.end && out.start < r.end) {
+                return Err(format!("node `{}` would overwrite its own input", step.node));
+            }
+        }
+        Ok(Program { isa, steps: compiled, constants, arena_end, scratch, inputs, outputs })
+    }
+}
+
+/// The residual a convolution reads, if one is fused into it.
+fn conv_residual(step: &Step) -> Option<&Slot> {
+    match &step.extra {
+        Extra::Conv(ConvExtra { residual: Some(r), .. }) => Some(r),
+        _ => None,
+    }
+}
+
+/// The contents of a constant slot.
+fn constant_data(constants: &[f32], slot: Slot) -> Option<&[f32]> {
+    match slot.place {
+        Place::Constant(at) => constants.get(at..at + slot.len),
+        Place::Arena(_) => None,
+    }
+}
+
+/// The lowest aligned offset from `base` where `len` floats overlap no placed value whose
+/// lifetime overlaps `life`.
+fn first_fit(placed: &[(usize, usize, (usize, usize))], base: usize, len: usize, life: (usize, usize)) -> usize {
+    let mut busy: Vec<(usize, usize)> =
+        placed.iter().filter(|(_, _, l)| l.0 <= life.1 && life.0 <= l.1).map(|&(at, n, _)| (at, at + n)).collect();
+    busy.sort_unstable();
+    let mut at = base;
+    for (start, end) in busy {
+        if at + len <= start {
+            break;
+        }
+        at = at.max(end.next_multiple_of(ALIGN));
+    }
+    at
+}
+
+/// A plan step after fusion: its output may be a later step's, and a convolution may carry a
+/// residual and an activation.
+struct Fused {
+    node: String,
+    op: Op,
+    inputs: Vec<ValueId>,
+    /// A fused residual (convolutions only).
+    extra_inputs: Vec<ValueId>,
+    output: ValueId,
+    activation: Activation,
+}
+
+/// The plan's steps with each Conv followed by its only reader, a dense `Add` (a residual) and/or
+/// a Relu or Clip, merged into the Conv.
+fn fuse(plan: &Plan) -> Vec<Fused> {
+    let mut readers: HashMap<ValueId, usize> = HashMap::new();
+    let root = |v: ValueId| match plan.values[v].kind {
+        ValueKind::Alias(target) => target,
+        _ => v,
+    };
+    for step in &plan.steps {
+        for &v in &step.inputs {
+            *readers.entry(root(v)).or_default() += 1;
+        }
+    }
+    for (_, v) in &plan.outputs {
+        *readers.entry(root(*v)).or_default() += 2;
+    }
+    let has_alias: Vec<bool> = {
+        let mut a = vec![false; plan.values.len()];
+        for v in &plan.values {
+            if let ValueKind::Alias(t) = v.kind {
+                a[t] = true;
+            }
+        }
+        a
+    };
+    let defined_at: HashMap<ValueId, usize> = plan.steps.iter().enumerate().map(|(i, s)| (s.output, i)).collect();
+    let mut out = Vec::new();
+    let mut skip = vec![false; plan.steps.len()];
+    for (i, step) in plan.steps.iter().enumerate() {
+        if skip[i] {
+            continue;
+        }
+        let mut fused = Fused {
+            node: step.node.clone(),
+            op: step.op.clone(),
+            inputs: step.inputs.clone(),
+            extra_inputs: Vec::new(),
+            output: step.output,
+            activation: Activation::Identity,
+        };
+        if matches!(step.op, Op::Conv { .. }) {
+            let mut next = i + 1;
+            let sole_reader = |v: ValueId, j: usize| {
+                j < plan.steps.len()
+                    && readers.get(&v) == Some(&1)
+                    && !has_alias[v]
+                    && plan.steps[j].inputs.contains(&v)
+            };
+            // A residual: out + r, both dense and of one shape, r ready before the Conv runs.
+            if sole_reader(fused.output, next) {
+                let add = &plan.steps[next];
+                if let Op::Binary { kind: BinaryKind::Add, shape, a_strides, b_strides } = &add.op {
+                    let dense = row_major_strides(shape);
+                    let other = if add.inputs[0] == fused.output { add.inputs[1] } else { add.inputs[0] };
+                    let ready = defined_at.get(&root(other)).is_none_or(|&d| d < i);
+                    let same_len = plan.values[other].len() == plan.values[fused.output].len();
+                    if *a_strides == dense && *b_strides == dense && ready && same_len && other != fused.output {
+                        fused.extra_inputs.push(other);
+                        fused.output = add.output;
+                        skip[next] = true;
+                        next += 1;
+                    }
+                }
+            }
+            if sole_reader(fused.output, next) {
+                let activation = match plan.steps[next].op {
+                    Op::Unary { kind: UnaryKind::Relu, .. } => Some(Activation::Relu),
+                    Op::Unary { kind: UnaryKind::Clip { min, max }, .. } => Some(Activation::Clip(min, max)),
+                    _ => None,
+                };
+                if let Some(activation) = activation {
+                    fused.activation = activation;
+                    fused.output = plan.steps[next].output;
+                    skip[next] = true;
+                }
+            }
+        }
+        out.push(fused);
+    }
+    out
+}

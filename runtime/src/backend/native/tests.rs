@@ -1,0 +1,426 @@
+//! The native executor against the plan's reference executor (single ops on random shapes) and
+//! against tract (every bundled float engine).
+
+use std::path::Path;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::*;
+use crate::backend::plan::reference::{self, difference, noise};
+use crate::backend::plan::{
+    BinaryKind, Op, Plan, PoolKind, ReduceKind, ResizeCoordinates, ResizeMode, Step, UnaryKind, Value, ValueKind,
+    WeightData, Window,
+};
+use crate::backend::tract::TractBackend;
+use crate::engine::EngineMetadata;
+
+fn bundled(name: &str) -> EngineMetadata {
+    EngineMetadata::open(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../models").join(name)).unwrap()
+}
+
+/// Runs one frame through `runner`: three shots encoded into the context, then a query, as a
+/// session does. Returns every shot's tokens and the logits.
+fn frame(runner: &mut dyn Runner, manifest: &Manifest, seed: u64) -> (Vec<f32>, Vec<f32>) {
+    let (r, c, t, d, s) =
+        (manifest.resolution, manifest.channels, manifest.tokens_per_shot, manifest.token_width, manifest.max_shots);
+    let mut ctx = vec![0.0; s * t * d];
+    let disc = |i: usize, seed: u64| {
+        let (y, x) = ((i / r) as f32, (i % r) as f32);
+        let (cy, cx) = (r as f32 * (0.3 + 0.1 * (seed % 4) as f32), r as f32 * 0.5);
+        (((y - cy).powi(2) + (x - cx).powi(2)).sqrt() < r as f32 * 0.2) as u8 as f32
+    };
+    for shot in 0..s {
+        let seed = seed * 10 + shot as u64;
+        let mask: Vec<f32> = (0..r * r).map(|i| disc(i, seed)).collect();
+        let speckle = noise(c * r * r, seed, [0.0, 0.3]);
+        let image: Vec<f32> = (0..c * r * r).map(|i| mask[i % (r * r)] * 0.6 + speckle[i]).collect();
+        runner.encode(&image, &mask, &mut ctx[shot * t * d..][..t * d]).unwrap();
+    }
+    let query: Vec<f32> = (0..c * r * r).map(|i| disc(i % (r * r), seed + 1) * 0.5).collect();
+    let mut scratch = vec![0.0; t * d];
+    runner.encode(&query, &vec![0.0; r * r], &mut scratch).unwrap();
+    let valid = vec![1.0; s * t];
+    let mut logits = vec![0.0; r * r];
+    runner.decode(&ctx, &valid, &mut logits).unwrap();
+    (ctx, logits)
+}
+
+/// Every bundled float engine gives tract's context and logits, within 1e-4 of their scale.
+#[test]
+fn the_bundled_float_engines_match_tract() {
+    for name in ["segicl-ref.plan", "segicl-ref-fp16.plan", "prototype.plan"] {
+        let engine = bundled(name);
+        let native = NativeBackend::prepare(&engine.file, &engine.manifest).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let tract = TractBackend::prepare(&engine.file, &engine.manifest, 1).unwrap();
+        let (mut ours, mut theirs) = (native.runner().unwrap(), tract.runner().unwrap());
+        for seed in 0..2 {
+            let (ctx, logits) = frame(ours.as_mut(), &engine.manifest, seed);
+            let (ctx_t, logits_t) = frame(theirs.as_mut(), &engine.manifest, seed);
+            for (what, a, b) in [("ctx", &ctx, &ctx_t), ("logits", &logits, &logits_t)] {
+                let (diff, scale) = difference(a, b);
+                eprintln!("{name} seed {seed} {what}: max |Δ| {diff:.2e}, scale {scale:.2e}");
+                assert!(diff <= 1e-4 * scale.max(1.0), "{name} {what}: max |Δ| {diff} at scale {scale}");
+            }
+        }
+    }
+}
+
+/// A plan of one step: the graph inputs (their shapes), then constant operands, in the op's
+/// operand order.
+fn one_step(op: Op, inputs: &[Vec<usize>], weights: &[Vec<usize>], out: Vec<usize>, seed: u64) -> Plan {
+    let mut values = Vec::new();
+    let mut plan_inputs = Vec::new();
+    for (i, shape) in inputs.iter().enumerate() {
+        plan_inputs.push((format!("in{i}"), values.len()));
+        values.push(Value { shape: shape.clone(), kind: ValueKind::Input });
+    }
+    for (i, shape) in weights.iter().enumerate() {
+        let data = noise(shape.iter().product(), seed + 100 + i as u64, [-1.0, 1.0]);
+        values.push(Value { shape: shape.clone(), kind: ValueKind::Weight(WeightData::F32(data)) });
+    }
+    let output = values.len();
+    values.push(Value { shape: out, kind: ValueKind::Computed });
+    let step = Step { node: "step".into(), op, inputs: (0..output).collect(), output };
+    Plan { values, inputs: plan_inputs, outputs: vec![("out".into(), output)], steps: vec![step] }
+}
+
+/// `plan`'s outputs from the native executor, on `inputs`.
+fn run_native(plan: &Plan, inputs: &[Vec<f32>]) -> (Program, Vec<Vec<f32>>) {
+    let program = Program::compile(plan, Isa::detect(), 0, &[]).unwrap();
+    let mut arena = vec![f32::NAN; program.arena_end];
+    let mut scratch = vec![f32::NAN; program.scratch];
+    for ((_, slot), data) in program.inputs.iter().zip(inputs) {
+        let Place::Arena(at) = slot.place else { panic!("inputs live in the arena") };
+        arena[at..at + slot.len].copy_from_slice(data);
+    }
+    kernels::run(&program, &mut arena, &mut scratch, None);
+    let outputs = program
+        .outputs
+        .iter()
+        .map(|(_, slot)| match slot.place {
+            Place::Arena(at) => arena[at..at + slot.len].to_vec(),
+            Place::Constant(at) => program.constants[at..at + slot.len].to_vec(),
+        })
+        .collect();
+    (program, outputs)
+}
+
+/// Native and reference outputs of `plan` agree within 1e-5 of their scale (1e-4 for long sums).
+fn agree(plan: &Plan, what: &str, seed: u64) {
+    let inputs: Vec<Vec<f32>> = plan
+        .inputs
+        .iter()
+        .enumerate()
+        .map(|(i, &(_, v))| noise(plan.values[v].len(), seed + i as u64, [-1.0, 1.0]))
+        .collect();
+    let refs: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
+    let expected = reference::run(plan, &refs);
+    let (_, got) = run_native(plan, &inputs);
+    for (g, e) in got.iter().zip(&expected) {
+        let (diff, scale) = difference(g, e);
+        assert!(diff <= 1e-4 * scale.max(1.0), "{what}: max |Δ| {diff} at scale {scale}");
+    }
+}
+
+fn window(rng: &mut ChaCha8Rng, h: usize, w: usize, kernel: [usize; 2], dilation: [usize; 2]) -> Option<Window> {
+    let stride = [rng.random_range(1..=2), rng.random_range(1..=2)];
+    let pad = [0; 4].map(|_| rng.random_range(0..=kernel[0].min(kernel[1]) - 1 + 1) % kernel[0].max(1));
+    let span = |i: usize| dilation[i] * (kernel[i] - 1) + 1;
+    let (ph, pw) = (h + pad[0] + pad[2], w + pad[1] + pad[3]);
+    if ph < span(0) || pw < span(1) {
+        return None;
+    }
+    let (out_h, out_w) = ((ph - span(0)) / stride[0] + 1, (pw - span(1)) / stride[1] + 1);
+    Some(Window { h, w, kernel, stride, pad, out_h, out_w })
+}
+
+#[test]
+fn convolutions_match_the_reference() {
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let mut done = 0;
+    while done < 120 {
+        let groups = [1, 1, 2, 3][rng.random_range(0..4)];
+        let (c_in, c_out) = (groups * rng.random_range(1..=9), groups * rng.random_range(1..=20));
+        let depthwise = rng.random_bool(0.15);
+        let (c_in, c_out, groups) = if depthwise { (c_in, c_in, c_in) } else { (c_in, c_out, groups) };
+        let kernel = [rng.random_range(1..=3), rng.random_range(1..=3)];
+        let dilation = [rng.random_range(1..=2), 1];
+        let (n, h, w) = (rng.random_range(1..=2), rng.random_range(1..=13), rng.random_range(1..=40));
+        let Some(window) = window(&mut rng, h, w, kernel, dilation) else { continue };
+        let op = Op::Conv { n, c_in, c_out, window, dilation, groups };
+        let mut weights = vec![vec![c_out, c_in / groups, kernel[0], kernel[1]]];
+        if rng.random_bool(0.7) {
+            weights.push(vec![c_out]);
+        }
+        let out = vec![n, c_out, window.out_h, window.out_w];
+        let plan = one_step(op.clone(), &[vec![n, c_in, h, w]], &weights, out, done);
+        agree(&plan, &format!("{op:?}"), done);
+        done += 1;
+    }
+}
+
+/// Conv → Add (a residual) → Relu, and Conv → Clip, become one step and still match.
+#[test]
+fn fused_convolutions_match_the_unfused_reference() {
+    let window = Window { h: 9, w: 21, kernel: [3, 3], stride: [1, 1], pad: [1; 4], out_h: 9, out_w: 21 };
+    let conv = Op::Conv { n: 1, c_in: 5, c_out: 12, window, dilation: [1, 1], groups: 1 };
+    let shape = vec![1, 12, 9, 21];
+    let len = 12 * 9 * 21;
+    let dense = crate::backend::plan::row_major_strides(&shape);
+    for clip in [false, true] {
+        let mut plan = one_step(
+            conv.clone(),
+            &[vec![1, 5, 9, 21], shape.clone()],
+            &[vec![12, 5, 3, 3], vec![12]],
+            shape.clone(),
+            3,
+        );
+        // one_step put the residual input among the conv's operands: take it out again.
+        let conv_out = plan.steps[0].output;
+        plan.steps[0].inputs = vec![0, 2, 3];
+        let push = |plan: &mut Plan, op: Op, inputs: Vec<usize>| {
+            let output = plan.values.len();
+            plan.values.push(Value { shape: shape.clone(), kind: ValueKind::Computed });
+            plan.steps.push(Step { node: format!("step{output}"), op, inputs, output });
+            output
+        };
+        let last = if clip {
+            push(&mut plan, Op::Unary { kind: UnaryKind::Clip { min: -0.2, max: 0.3 }, len }, vec![conv_out])
+        } else {
+            let add = Op::Binary {
+                kind: BinaryKind::Add,
+                shape: shape.clone(),
+                a_strides: dense.clone(),
+                b_strides: dense.clone(),
+            };
+            let sum = push(&mut plan, add, vec![conv_out, 1]);
+            push(&mut plan, Op::Unary { kind: UnaryKind::Relu, len }, vec![sum])
+        };
+        plan.outputs = vec![("out".into(), last)];
+        let (program, _) = run_native(&plan, &[vec![0.0; 5 * 9 * 21], vec![0.0; len]]);
+        assert_eq!(program.steps.len(), 1, "clip {clip}: fused into one step");
+        agree(&plan, &format!("fused, clip {clip}"), 4);
+    }
+}
+
+#[test]
+fn matrix_products_match_the_reference() {
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    for i in 0..60u64 {
+        let (batch, m, n, k) = (
+            rng.random_range(1..=3),
+            rng.random_range(1..=40),
+            [1, 2, 17, 33, 66][i as usize % 5],
+            rng.random_range(1..=70),
+        );
+        let (a_bs, b_bs) = (if rng.random_bool(0.3) { 0 } else { m * k }, if rng.random_bool(0.3) { 0 } else { k * n });
+        let a_shape = vec![if a_bs == 0 { 1 } else { batch }, m, k];
+        let b_shape = vec![if b_bs == 0 { 1 } else { batch }, k, n];
+        let op = Op::MatMul { batch, m, n, k, a_batch_stride: a_bs, b_batch_stride: b_bs };
+        let plan = one_step(op.clone(), &[a_shape, b_shape], &[], vec![batch, m, n], i);
+        agree(&plan, &format!("{op:?}"), i);
+    }
+}
+
+/// A random shape of rank 1 to 4 and, for an operand broadcast onto it, strides with 0 on some
+/// axes (and that operand's dense shape).
+fn broadcast(rng: &mut ChaCha8Rng, shape: &[usize]) -> (Vec<usize>, Vec<usize>) {
+    let own: Vec<usize> = shape.iter().map(|&d| if rng.random_bool(0.3) { 1 } else { d }).collect();
+    let dense = crate::backend::plan::row_major_strides(&own);
+    let strides = own.iter().zip(&dense).map(|(&d, &s)| if d == 1 { 0 } else { s }).collect();
+    (own, strides)
+}
+
+#[test]
+fn element_wise_and_data_movement_ops_match_the_reference() {
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let kinds = [BinaryKind::Add, BinaryKind::Sub, BinaryKind::Mul, BinaryKind::Div, BinaryKind::Max, BinaryKind::Min];
+    for i in 0..200u64 {
+        let rank = rng.random_range(1..=4);
+        let shape: Vec<usize> = (0..rank).map(|_| rng.random_range(1..=7)).collect();
+        let len: usize = shape.iter().product();
+        let (plan, what) = match i % 10 {
+            0 | 1 => {
+                let ((sa, a), (sb, b)) = (broadcast(&mut rng, &shape), broadcast(&mut rng, &shape));
+                let op = Op::Binary {
+                    kind: kinds[i as usize % kinds.len()],
+                    shape: shape.clone(),
+                    a_strides: a,
+                    b_strides: b,
+                };
+                (one_step(op.clone(), &[sa, sb], &[], shape.clone(), i), format!("{op:?}"))
+            }
+            2 => {
+                let kind = [
+                    UnaryKind::Relu,
+                    UnaryKind::Tanh,
+                    UnaryKind::Sigmoid,
+                    UnaryKind::Exp,
+                    UnaryKind::Neg,
+                    UnaryKind::Abs,
+                ][rng.random_range(0..6)];
+                (
+                    one_step(Op::Unary { kind, len }, std::slice::from_ref(&shape), &[], shape.clone(), i),
+                    format!("{kind:?}"),
+                )
+            }
+            3 => {
+                let (own, strides) = broadcast(&mut rng, &shape);
+                let op = Op::Broadcast { shape: shape.clone(), strides };
+                (one_step(op.clone(), &[own], &[], shape.clone(), i), format!("{op:?}"))
+            }
+            4 => {
+                let mut perm: Vec<usize> = (0..rank).collect();
+                for a in (1..rank).rev() {
+                    perm.swap(a, rng.random_range(0..=a));
+                }
+                let out = perm.iter().map(|&p| shape[p]).collect();
+                let op = Op::Transpose { in_shape: shape.clone(), perm };
+                (one_step(op.clone(), std::slice::from_ref(&shape), &[], out, i), format!("{op:?}"))
+            }
+            5 => {
+                let strides = crate::backend::plan::row_major_strides(&shape);
+                let (mut starts, mut steps, mut out) = (vec![], vec![], vec![]);
+                for &d in &shape {
+                    let step: isize = [1, 2, -1, -2][rng.random_range(0..4)];
+                    let start = rng.random_range(0..d);
+                    let room =
+                        if step > 0 { (d - start).div_ceil(step as usize) } else { start / (-step) as usize + 1 };
+                    starts.push(start);
+                    steps.push(step);
+                    out.push(rng.random_range(1..=room));
+                }
+                let op = Op::Slice { shape: out.clone(), starts, steps, in_strides: strides };
+                (one_step(op.clone(), std::slice::from_ref(&shape), &[], out, i), format!("{op:?}"))
+            }
+            6 => {
+                let (outer, axis_len, inner) =
+                    (rng.random_range(1..=4), rng.random_range(1..=6), rng.random_range(1..=5));
+                let indices: Vec<usize> = (0..rng.random_range(1..=5)).map(|_| rng.random_range(0..axis_len)).collect();
+                let out = vec![outer, indices.len(), inner];
+                let op = Op::Gather { outer, axis_len, inner, indices };
+                (one_step(op.clone(), &[vec![outer, axis_len, inner]], &[], out, i), format!("{op:?}"))
+            }
+            7 => {
+                let outer = rng.random_range(1..=4);
+                let widths: Vec<usize> = (0..rng.random_range(1..=3)).map(|_| rng.random_range(1..=9)).collect();
+                let parts: Vec<Vec<usize>> = widths.iter().map(|&w| vec![outer, w]).collect();
+                let out = vec![outer, widths.iter().sum()];
+                let op = Op::Concat { outer, widths };
+                (one_step(op.clone(), &parts, &[], out, i), format!("{op:?}"))
+            }
+            8 => {
+                let before: Vec<usize> = shape.iter().map(|_| rng.random_range(0..=2)).collect();
+                let after: Vec<usize> = shape.iter().map(|_| rng.random_range(0..=2)).collect();
+                let out = (0..rank).map(|a| before[a] + shape[a] + after[a]).collect();
+                let op = Op::Pad { in_shape: shape.clone(), before, after, value: 0.25 };
+                (one_step(op.clone(), std::slice::from_ref(&shape), &[], out, i), format!("{op:?}"))
+            }
+            _ => {
+                let (outer, len, inner) = (rng.random_range(1..=4), rng.random_range(1..=30), rng.random_range(1..=5));
+                let x = vec![outer, len, inner];
+                let op = match rng.random_range(0..6) {
+                    0 => Op::Softmax { outer, len, inner },
+                    1 => Op::LayerNorm { rows: outer * len, cols: inner.max(2), eps: 1e-5 },
+                    k => Op::Reduce {
+                        kind: [ReduceKind::Sum, ReduceKind::Mean, ReduceKind::Max, ReduceKind::L2][k - 2],
+                        outer,
+                        len,
+                        inner,
+                    },
+                };
+                match op {
+                    Op::Reduce { .. } => (one_step(op.clone(), &[x], &[], vec![outer, inner], i), format!("{op:?}")),
+                    Op::LayerNorm { rows, cols, .. } => {
+                        let shape = vec![rows, cols];
+                        (
+                            one_step(
+                                op.clone(),
+                                std::slice::from_ref(&shape),
+                                &[vec![cols], vec![cols]],
+                                shape.clone(),
+                                i,
+                            ),
+                            format!("{op:?}"),
+                        )
+                    }
+                    _ => (one_step(op.clone(), std::slice::from_ref(&x), &[], x.clone(), i), format!("{op:?}")),
+                }
+            }
+        };
+        agree(&plan, &what, i);
+    }
+}
+
+#[test]
+fn pooling_and_resizing_match_the_reference() {
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    for i in 0..60u64 {
+        let (planes, h, w) = (rng.random_range(1..=5), rng.random_range(1..=12), rng.random_range(1..=12));
+        let kernel = [rng.random_range(1..=3), rng.random_range(1..=3)];
+        if let Some(window) = window(&mut rng, h, w, kernel, [1, 1]) {
+            let kind = [
+                PoolKind::Max,
+                PoolKind::Average { count_include_pad: true },
+                PoolKind::Average { count_include_pad: false },
+            ][i as usize % 3];
+            let op = Op::Pool { kind, planes, window };
+            agree(
+                &one_step(op.clone(), &[vec![planes, h, w]], &[], vec![planes, window.out_h, window.out_w], i),
+                &format!("{op:?}"),
+                i,
+            );
+        }
+        let mode = [ResizeMode::Linear, ResizeMode::Nearest][i as usize % 2];
+        let coordinates = [
+            ResizeCoordinates::HalfPixel,
+            ResizeCoordinates::PytorchHalfPixel,
+            ResizeCoordinates::AlignCorners,
+            ResizeCoordinates::Asymmetric,
+        ][i as usize / 2 % 4];
+        let (out_h, out_w) = (rng.random_range(1..=25), rng.random_range(1..=25));
+        let op = Op::Resize { mode, coordinates, planes, in_h: h, in_w: w, out_h, out_w };
+        agree(&one_step(op.clone(), &[vec![planes, h, w]], &[], vec![planes, out_h, out_w], i), &format!("{op:?}"), i);
+    }
+}
+
+/// A step whose operand is smaller than its op reads is refused when the program is compiled,
+/// naming the node, so the kernels never index past it.
+#[test]
+fn inconsistent_sizes_are_refused_at_compile_time() {
+    let op = Op::Gather { outer: 2, axis_len: 3, inner: 4, indices: vec![0, 3] };
+    let plan = one_step(op, &[vec![2, 3, 4]], &[], vec![2, 2, 4], 0);
+    let err = Program::compile(&plan, Isa::detect(), 0, &[]).unwrap_err();
+    assert!(err.contains("node `step`") && err.contains("index 3"), "{err}");
+    let op = Op::Binary { kind: BinaryKind::Add, shape: vec![4, 5], a_strides: vec![5, 1], b_strides: vec![6, 1] };
+    let plan = one_step(op, &[vec![4, 5], vec![4, 5]], &[], vec![4, 5], 0);
+    let err = Program::compile(&plan, Isa::detect(), 0, &[]).unwrap_err();
+    assert!(err.contains("b holds 20 values"), "{err}");
+}
+
+/// Prints where the reference engine's frame spends its time, step by step (not a test of
+/// anything: `cargo test --release -p segicl profile -- --ignored --nocapture`).
+#[test]
+#[ignore]
+fn profile() {
+    let engine = bundled("segicl-ref.plan");
+    let native = NativeBackend::prepare(&engine.file, &engine.manifest).unwrap();
+    let shared = &native.shared;
+    let mut arena = vec![0.0; shared.arena];
+    let mut scratch = vec![0.0; shared.scratch];
+    for program in [&shared.encoder, &shared.decoder] {
+        let mut times = vec![std::time::Duration::ZERO; program.steps.len()];
+        for _ in 0..50 {
+            kernels::run(program, &mut arena, &mut scratch, Some(&mut times));
+        }
+        let mut rows: Vec<_> = program.steps.iter().zip(&times).collect();
+        rows.sort_by_key(|(_, t)| std::cmp::Reverse(**t));
+        let total: std::time::Duration = times.iter().sum();
+        eprintln!("total {:.3} ms per run", total.as_secs_f64() * 1e3 / 50.0);
+        for (step, t) in rows.iter().take(15) {
+            let op = format!("{:?}", step.op);
+            eprintln!("{:8.3} ms  {:30} {}", t.as_secs_f64() * 1e3 / 50.0, step.node, &op[..op.len().min(110)]);
+        }
+    }
+}
