@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Times an engine's encoder and decoder ONNX graphs in ONNX Runtime (CPU).
 
-Reads the folder written by `make-prototype --onnx-dir DIR` (encoder.onnx, decoder.onnx,
-manifest.json) and runs the graphs the way segicl-edge runs a frame with a cached context:
+Reads the graphs and manifest from an engine file (--engine, the bytes segicl-edge runs) or from
+the folder written by `make-prototype --onnx-dir DIR` (encoder.onnx, decoder.onnx,
+manifest.json), and runs the graphs the way segicl-edge runs a frame with a cached context:
 
 * context: the encoder runs once per shot (max_shots of them) on a random smooth image with a
   random blob mask; the `ctx` outputs are concatenated into [1, S*T, D]; ctx_valid is all ones;
@@ -65,6 +66,25 @@ def blob_mask(rng, r):
     return inside[None, None].astype(np.float32)
 
 
+def engine_sections(path):
+    """The MANIFEST, ENCODER and DECODER payloads of a segicl engine file (format 1.x: a 64-byte
+    header, then 32-byte section entries: tag, offset, length, crc32, flags)."""
+    data = Path(path).read_bytes()
+    if data[:8] != b"SEGICLEF":
+        sys.exit(f"{path} is not a segicl engine file")
+    count = int.from_bytes(data[16:20], "little")
+    sections = {}
+    for i in range(count):
+        entry = data[64 + 32 * i : 96 + 32 * i]
+        tag = entry[:8].rstrip(b"\0").decode()
+        offset, length = int.from_bytes(entry[8:16], "little"), int.from_bytes(entry[16:24], "little")
+        sections[tag] = data[offset : offset + length]
+    missing = [t for t in ("MANIFEST", "ENCODER", "DECODER") if t not in sections]
+    if missing:
+        sys.exit(f"{path} has no {', '.join(missing)} section")
+    return json.loads(sections["MANIFEST"]), sections["ENCODER"], sections["DECODER"]
+
+
 def session(path, threads):
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
@@ -72,7 +92,8 @@ def session(path, threads):
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+    model = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(model, sess_options=so, providers=["CPUExecutionProvider"])
 
 
 def tensor_specs(manifest, graph, direction):
@@ -100,7 +121,9 @@ def check_graph(sess, manifest, graph):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--onnx-dir", required=True, type=Path, help="folder with encoder.onnx, decoder.onnx, manifest.json")
+    source = ap.add_mutually_exclusive_group(required=True)
+    source.add_argument("--engine", type=Path, help="a segicl engine file: its manifest and graphs")
+    source.add_argument("--onnx-dir", type=Path, help="folder with encoder.onnx, decoder.onnx, manifest.json")
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1)")
     ap.add_argument("--frames", type=int, default=200, help="timed runs per measurement (default 200)")
     ap.add_argument("--seed", type=int, default=20240601, help="seed of the synthetic inputs")
@@ -109,12 +132,16 @@ def main():
     if args.threads < 1 or args.frames < 1:
         sys.exit("--threads and --frames must be at least 1")
 
-    manifest = json.loads((args.onnx_dir / "manifest.json").read_text())
+    if args.engine:
+        manifest, encoder, decoder = engine_sections(args.engine)
+    else:
+        manifest = json.loads((args.onnx_dir / "manifest.json").read_text())
+        encoder, decoder = args.onnx_dir / "encoder.onnx", args.onnx_dir / "decoder.onnx"
     r, c = manifest["resolution"], manifest["channels"]
     s, t, d = manifest["max_shots"], manifest["tokens_per_shot"], manifest["token_width"]
 
-    enc = session(args.onnx_dir / "encoder.onnx", args.threads)
-    dec = session(args.onnx_dir / "decoder.onnx", args.threads)
+    enc = session(encoder, args.threads)
+    dec = session(decoder, args.threads)
     check_graph(enc, manifest, "encoder")
     check_graph(dec, manifest, "decoder")
     enc_outputs = [o.name for o in enc.get_outputs()]
@@ -186,7 +213,8 @@ def main():
         "onnxruntime_version": ort.__version__,
         "numpy_version": np.__version__,
         "providers": enc.get_providers(),
-        "onnx_dir": str(args.onnx_dir),
+        "onnx_dir": str(args.onnx_dir) if args.onnx_dir else None,
+        "engine": str(args.engine) if args.engine else None,
         "model": manifest.get("name"),
         "threads": args.threads,
         "frames": n,

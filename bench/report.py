@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
-"""Prints the segicl-edge vs ONNX Runtime table from the JSON files in bench/out/.
+"""Prints the native / tract / ONNX Runtime table from the JSON files in bench/out/.
 
-Reads segicl-tT.json (`segicl-edge bench --json`) and ort-tT.json (`ort_bench.py --json`) for
-each thread count T. Standard library only.
+Reads, for each engine NAME, thread count T and round R, NAME-cpu-tT-rR.json and
+NAME-tract-tT-rR.json (`segicl-edge bench --json`, or {"skipped": why}), NAME-ort-tT-rR.json
+(`ort_bench.py --json`) and peak-rR.txt (bench/fma_peak.c, GFLOP/s). Every figure is the median
+(and min) over the rounds of a run's p50. Standard library only.
 """
 
 import argparse
 import json
-import sys
+import statistics
 from pathlib import Path
 
 
@@ -21,84 +23,87 @@ def cpu_model():
     return "unknown"
 
 
-def segicl_stage(doc, name):
-    for row in doc["stages"]:
-        if row["stage"] == name:
-            return row["p50_ms"]
-    sys.exit(f"segicl bench JSON has no stage `{name}`")
+def stage(doc, name):
+    return next(row["p50_ms"] for row in doc["stages"] if row["stage"] == name)
 
 
-def fmt(ms):
-    return "n/a" if ms is None else f"{ms:.3f}"
+def graphs_ms(doc, contender):
+    """Encoder + decoder p50 of one run."""
+    if contender == "ort":
+        return doc["encoder"]["p50"] + doc["decoder"]["p50"]
+    return stage(doc, "encoder") + stage(doc, "decoder")
 
 
-def ratio(segicl, ort):
-    return "n/a" if segicl is None or ort is None or ort <= 0 else f"{segicl / ort:.1f}×"
+def summary(values):
+    return (statistics.median(values), min(values)) if values else (None, None)
+
+
+def fmt(x, digits=2):
+    return "n/a" if x is None else f"{x:.{digits}f}"
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out-dir", type=Path, default=Path("bench/out"))
+    ap.add_argument("--engines", nargs="+", required=True)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--rounds", type=int, required=True)
     ap.add_argument("--nproc", default="?")
-    ap.add_argument("--segicl-edge", default="segicl-edge", help="binary that was timed")
     ap.add_argument("--segicl-version", default="")
-    ap.add_argument("--segicl-built", default="", help="modification time of the binary")
     ap.add_argument("--load", nargs=2, metavar=("BEFORE", "AFTER"), help="load averages around the runs")
     args = ap.parse_args()
+    out = args.out_dir
+    rounds = range(1, args.rounds + 1)
 
-    segs = {t: json.loads((args.out_dir / f"segicl-t{t}.json").read_text()) for t in args.threads}
-    orts = {t: json.loads((args.out_dir / f"ort-t{t}.json").read_text()) for t in args.threads}
-    first_seg, first_ort = segs[args.threads[0]], orts[args.threads[0]]
-    rows = []
-    for t in args.threads:
-        seg, ort = segs[t], orts[t]
-        s_enc, s_dec = segicl_stage(seg, "encoder"), segicl_stage(seg, "decoder")
-        s_frame = segicl_stage(seg, "frame (cached context)")
-        o_enc, o_dec, o_frame = ort["encoder"]["p50"], ort["decoder"]["p50"], ort["frame"]["p50"]
-        rows += [
-            (t, "encoder", o_enc, s_enc),
-            (t, "decoder", o_dec, s_dec),
-            (t, "encoder+decoder ¹", o_frame, s_enc + s_dec),
-            (t, "whole frame, pre+post included ²", None, s_frame),
-        ]
-
-    head = ("threads", "stage", "ONNX Runtime p50 ms", "segicl (tract) p50 ms", "segicl/ORT")
-    table = [head] + [(str(t), st, fmt(o), fmt(s), ratio(s, o)) for t, st, o, s in rows]
-    widths = [max(len(r[i]) for r in table) for i in range(len(head))]
-    right = {0, 2, 3, 4}
-
-    def line(r):
-        cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))]
-        return "| " + " | ".join(cells) + " |"
-
-    print(
-        f"Same ONNX graphs ({first_seg.get('model')}), {first_seg['shots']} shots in the context, "
-        f"{first_seg['frames']} timed frames per measurement, p50 in milliseconds."
-    )
-    print()
-    print(line(head))
-    print("|" + "|".join(("-" * (w + 1) + ":") if i in right else "-" * (w + 2) for i, w in enumerate(widths)) + "|")
-    for r in table[1:]:
-        print(line(r))
-    print()
-    print("¹ ONNX Runtime: p50 of timed encoder→decoder runs. segicl: sum of its encoder and decoder p50")
-    ort_sums = ", ".join(
-        f"{t} thread(s) {fmt(orts[t]['encoder']['p50'] + orts[t]['decoder']['p50'])}" for t in args.threads
-    )
-    print(f"  (segicl-edge bench reports no combined figure). ONNX Runtime's own sum of stage p50s: {ort_sums}.")
-    print("² segicl's `frame (cached context)`: pre-processing of a "
-          f"{first_seg['frame_size'][0]}×{first_seg['frame_size'][1]} frame, encoder, decoder, post-processing;"
-          " ORT has no pre/post here.")
-    print()
-    binary = args.segicl_edge
-    profile = "debug profile" if "/debug/" in binary else "release profile" if "/release/" in binary else "profile unknown"
-    print(f"machine: {cpu_model()}, nproc {args.nproc}")
+    peaks = [float((out / f"peak-r{r}.txt").read_text()) for r in rounds]
+    peak = statistics.median(peaks)
+    print(f"CPU: {cpu_model()} ({args.nproc} CPUs); {args.segicl_version}")
+    print(f"FMA peak of one core (bench/fma_peak.c): median {peak:.1f} GFLOP/s, min {min(peaks):.1f}")
+    print(f"{args.rounds} rounds, contenders alternated in each; figures: median / min over rounds of each run's p50")
     if args.load:
-        print(f"load average (1/5/15 min) before: {args.load[0]}, after: {args.load[1]}")
-    print(f"segicl: {args.segicl_version or 'segicl-edge'} ({binary}, {profile}{', built ' + args.segicl_built if args.segicl_built else ''}), backend {first_seg.get('backend')}")
-    print(f"ONNX Runtime: onnxruntime {first_ort['onnxruntime_version']} {', '.join(first_ort['providers'])}, "
-          f"numpy {first_ort['numpy_version']}; ORT logits finite: {all(o['logits_finite'] for o in orts.values())}")
+        print(f"load average before {args.load[0]}, after {args.load[1]}")
+    gflop = {}
+    for name in args.engines:
+        for r in rounds:
+            doc = json.loads((out / f"{name}-cpu-t{args.threads[0]}-r{r}.json").read_text())
+            if doc.get("graph_gflop_per_frame"):
+                gflop[name] = doc["graph_gflop_per_frame"]
+        if name not in gflop:
+            # An int8 engine does not lower; its graphs do the work of its float twin.
+            twin = name.removesuffix("-int8").removesuffix("-fp16")
+            gflop[name] = gflop.get(twin)
+    for name in args.engines:
+        work = gflop[name]
+        print()
+        head = f"{name}" + (f" ({work * 1e3:.0f} MFLOP per frame in convolutions and matrix products)" if work else "")
+        print(head)
+        print(f"{'threads':>7}  {'runtime':<13} {'enc+dec ms':>10} {'min':>7} {'× ORT':>6} {'% peak':>7}"
+              f" {'pre+post ms':>11} {'frame ms':>9} {'open ms':>8} {'RSS MiB':>8}")
+        for t in args.threads:
+            ort = [graphs_ms(json.loads((out / f"{name}-ort-t{t}-r{r}.json").read_text()), "ort") for r in rounds]
+            ort_med, _ = summary(ort)
+            for contender, label in (("cpu", "native"), ("tract", "tract"), ("ort", "onnxruntime")):
+                docs = [json.loads((out / f"{name}-{contender}-t{t}-r{r}.json").read_text()) for r in rounds]
+                if any("skipped" in d for d in docs):
+                    why = next(d["skipped"] for d in docs if "skipped" in d).splitlines()[-1]
+                    print(f"{t:>7}  {label:<13} not run: {why[:110]}")
+                    continue
+                med, low = summary([graphs_ms(d, contender) for d in docs])
+                ratio = f"{med / ort_med:.2f}" if ort_med else "n/a"
+                share = f"{100 * work / (med / 1e3) / (peak * t):.0f}%" if work else "n/a"
+                if contender == "ort":
+                    extra = f"{'':>11} {'':>9} {'':>8} {'':>8}"
+                else:
+                    prepost, _ = summary([stage(d, "preprocess") + stage(d, "postprocess") for d in docs])
+                    frame, _ = summary([stage(d, "frame (cached context)") for d in docs])
+                    opened, _ = summary([d["open_ms"] for d in docs])
+                    rss = max(d["peak_rss_mib"] or 0 for d in docs)
+                    extra = f"{fmt(prepost, 3):>11} {fmt(frame):>9} {fmt(opened, 1):>8} {rss:>8.1f}"
+                print(f"{t:>7}  {label:<13} {fmt(med):>10} {fmt(low):>7} {ratio:>6} {share:>7} {extra}")
+    print()
+    print("enc+dec: the encoder and decoder graphs of one frame with 3 cached shots (segicl: its own stage")
+    print("timings; ORT: the same graphs from the same engine file). % peak: the frame's MFLOP over that")
+    print("time, against the one-core FMA peak times the threads.")
 
 
 if __name__ == "__main__":

@@ -109,6 +109,18 @@ fn malformed_graphs_are_refused_without_a_panic() {
             &["decoder:", "perm", "[0, 1, 1]"],
         ),
         (
+            // Found by the fuzzer in the native executor's lowering (it built a 2^43-entry index
+            // list for edge padding before anything checked the size).
+            "an edge Pad of 2^43 elements",
+            Box::new(|g| {
+                let v = g.constant(&[1, 4], vec![0.0; 4]);
+                let pads = g.ints(&[0, 0, 0, 1 << 43]);
+                let t = g.op("Pad", &[&v, &pads], vec![("mode", Attr::Str("edge"))]);
+                total(g, &t)
+            }),
+            &["decoder:"],
+        ),
+        (
             "a Softmax axis of 2^40",
             Box::new(|g| {
                 let v = g.constant(&[1, 4], vec![0.0; 4]);

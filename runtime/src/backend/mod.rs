@@ -3,6 +3,7 @@
 
 #[cfg(any(feature = "cuda-12", feature = "cuda-13"))]
 pub mod cuda;
+pub mod limits;
 pub mod native;
 pub mod plan;
 pub mod tract;
@@ -92,7 +93,13 @@ pub fn prepare(
     manifest: &Manifest,
     threads: usize,
 ) -> Result<Box<dyn Backend>> {
-    let native = || -> Result<Box<dyn Backend>> { Ok(Box::new(native::NativeBackend::prepare(file, manifest)?)) };
+    let native = || -> Result<Box<dyn Backend>> {
+        let backend = native::NativeBackend::prepare(file, manifest)?;
+        if threads > 1 {
+            log::warn!("cpu: the native executor runs on one thread; {threads} threads apply to tract only");
+        }
+        Ok(Box::new(backend))
+    };
     let tract = || -> Result<Box<dyn Backend>> { Ok(Box::new(tract::TractBackend::prepare(file, manifest, threads)?)) };
     let suggest = |e: Error, other: &str| match e {
         Error::Backend { backend, what } => Error::Backend {

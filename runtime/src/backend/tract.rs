@@ -8,6 +8,7 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::runtime::RunOptions;
 use tract_onnx::tract_core::tract_linalg::multithread::Executor;
 
+use super::limits::{check_proto, MAX_TENSOR_ELEMENTS};
 use super::{Backend, Runner};
 use crate::error::{Error, Result};
 use crate::format::{EngineFile, Tag};
@@ -122,17 +123,9 @@ fn engine_graph<'a>(file: &'a EngineFile, manifest: &'a Manifest, graph: Graph) 
     }
 }
 
-/// Most nodes a graph may have. Real graphs have far fewer (LiteMedSAM's encoder: 1,014), and
-/// tract's optimiser takes time that grows faster than linearly with long chains of nodes.
-pub const MAX_GRAPH_NODES: usize = 2_000;
-
-/// Most elements of any tensor of a graph (1 GiB of f32): an initializer, or any value once the
-/// shapes are known. A larger one is refused before anything of that size is allocated.
-pub const MAX_TENSOR_ELEMENTS: usize = 1 << 28;
-
 /// Loads one graph, fixes its input shapes from the tensor table, checks every input and output
 /// against it and optimises it. Returns the plan and its input and output names, in the graph's
-/// order. A graph over [`MAX_GRAPH_NODES`] nodes, or with a tensor over [`MAX_TENSOR_ELEMENTS`],
+/// order. A graph over [`MAX_GRAPH_NODES`](super::limits::MAX_GRAPH_NODES) nodes, or with a tensor over [`MAX_TENSOR_ELEMENTS`],
 /// is refused; a panic inside tract on a malformed graph becomes a contract error naming it.
 pub(crate) fn load(source: &GraphSource, options: &RunOptions) -> Result<(Plan, Vec<String>, Vec<String>)> {
     let fail = |what: String| Error::contract(source.name, what);
@@ -143,51 +136,6 @@ pub(crate) fn load(source: &GraphSource, options: &RunOptions) -> Result<(Plan, 
     crate::guard::no_panic(|| load_checked(source, &proto, options)).unwrap_or_else(|panic| {
         Err(fail(format!("section {} is a malformed graph (tract panicked: {panic})", source.section)))
     })
-}
-
-/// Most dimensions of a tensor, and so the bound on every `axis`, `axes` and `perm` attribute.
-pub const MAX_RANK: usize = 16;
-
-/// Bounds on the protobuf before tract builds anything from it: the node count, the size of
-/// every initializer, and axis attributes within [`MAX_RANK`] (`perm` a permutation). tract
-/// allocates by an axis' value (a `perm` of `[0, 1, 1]` asked for 4 GiB and aborted) or loops up
-/// to it (a LayerNormalization `axis` of 2^40 never finished opening).
-fn check_proto(proto: &tract_onnx::pb::ModelProto) -> std::result::Result<(), String> {
-    let Some(graph) = &proto.graph else { return Err("the ONNX model has no graph".into()) };
-    if graph.node.len() > MAX_GRAPH_NODES {
-        return Err(format!("the graph has {} nodes, over the limit of {MAX_GRAPH_NODES}", graph.node.len()));
-    }
-    let rank = MAX_RANK as i64;
-    for node in &graph.node {
-        for a in &node.attribute {
-            let bad = match a.name.as_str() {
-                "axis" => !(-rank..rank).contains(&a.i),
-                "axes" => a.ints.len() > MAX_RANK || a.ints.iter().any(|v| !(-rank..rank).contains(v)),
-                "perm" => {
-                    let mut sorted = a.ints.clone();
-                    sorted.sort_unstable();
-                    a.ints.len() > MAX_RANK || sorted.iter().enumerate().any(|(i, &v)| v != i as i64)
-                }
-                _ => false,
-            };
-            if bad {
-                return Err(format!(
-                    "node `{}` ({}): attribute `{}` = {} is not an axis of a tensor of at most {MAX_RANK} dimensions",
-                    node.name,
-                    node.op_type,
-                    a.name,
-                    if a.name == "axis" { a.i.to_string() } else { format!("{:?}", a.ints) }
-                ));
-            }
-        }
-    }
-    for t in &graph.initializer {
-        let elements = t.dims.iter().try_fold(1usize, |n, &d| usize::try_from(d).ok().and_then(|d| n.checked_mul(d)));
-        if elements.is_none_or(|n| n > MAX_TENSOR_ELEMENTS) {
-            return Err(format!("initializer `{}` of shape {:?} is negative or too large", t.name, t.dims));
-        }
-    }
-    Ok(())
 }
 
 /// Every value of `model` whose shape is known has at most [`MAX_TENSOR_ELEMENTS`] elements.

@@ -134,13 +134,26 @@ pub enum Activation {
 }
 
 impl Activation {
-    /// The function on one element.
+    /// The function on one element (NaN stays NaN, so that the runtime sees it).
     #[inline(always)]
     pub fn apply(self, x: f32) -> f32 {
+        let (lo, hi) = self.bounds();
+        if x < lo {
+            lo
+        } else if x > hi {
+            hi
+        } else {
+            x
+        }
+    }
+
+    /// The clamp it is: (lo, hi).
+    #[inline(always)]
+    fn bounds(self) -> (f32, f32) {
         match self {
-            Activation::Identity => x,
-            Activation::Relu => x.max(0.0),
-            Activation::Clip(lo, hi) => x.max(lo).min(hi),
+            Activation::Identity => (f32::NEG_INFINITY, f32::INFINITY),
+            Activation::Relu => (0.0, f32::INFINITY),
+            Activation::Clip(lo, hi) => (lo, hi),
         }
     }
 }
@@ -162,9 +175,26 @@ impl Epilogue<'_> {
     pub const NONE: Epilogue<'static> = Epilogue { bias: None, residual: None, activation: Activation::Identity };
 }
 
+/// Where the k × nr B panel of a product is read from.
+#[derive(Clone, Copy)]
+pub enum Panel<'a> {
+    /// Packed by [`pack_b_panel`]: row j at `j * nr`.
+    Packed(&'a [f32]),
+    /// In place: row j is the nr floats at `start + offsets[j]` of `data` (a convolution's input,
+    /// read where it lies instead of copied into a panel).
+    Rows {
+        /// The matrix's memory.
+        data: &'a [f32],
+        /// Where each row starts, relative to `start`.
+        offsets: &'a [usize],
+        /// Where the panel starts.
+        start: usize,
+    },
+}
+
 /// C[rows 0..m, columns c0..c0 + nr] = A · B-panel, for every row panel of `a` (packed by
-/// [`pack_a`] with the ISA's `mr`) and the one B panel `b` ([k][nr]); C has row stride `ldc`
-/// and `n` columns in all (the panel's columns past `n` are dropped).
+/// [`pack_a`] with the ISA's `mr`) and the one B panel `b`; C has row stride `ldc` and `n`
+/// columns in all (the panel's columns past `n` are dropped).
 #[allow(clippy::too_many_arguments)]
 pub fn panel_product(
     isa: Isa,
@@ -172,35 +202,63 @@ pub fn panel_product(
     n: usize,
     k: usize,
     a: &[f32],
-    b: &[f32],
+    b: Panel,
     c: &mut [f32],
     ldc: usize,
     c0: usize,
     epilogue: Epilogue,
 ) {
     let (mr, nr) = (isa.mr(), isa.nr());
-    assert!(a.len() >= packed_len(m, k, mr) && b.len() >= k * nr && c0 < n, "panels match the product");
+    assert!(a.len() >= packed_len(m, k, mr) && c0 < n, "the A panels match the product");
+    // The B rows' base and offsets (null offsets: packed, row j at j · nr).
+    let (b_base, offsets) = match b {
+        Panel::Packed(b) => {
+            assert!(b.len() >= k * nr, "the B panel holds k rows");
+            (b.as_ptr(), std::ptr::null())
+        }
+        Panel::Rows { data, offsets, start } => {
+            let last = offsets[..k].iter().max().map_or(0, |&o| start + o + nr);
+            assert!(last <= data.len(), "every B row lies inside its matrix");
+            // SAFETY: `start` is inside `data` (or k is 0 and nothing is read) by the check above.
+            (unsafe { data.as_ptr().add(start.min(data.len())) }, offsets.as_ptr())
+        }
+    };
     assert!(m == 0 || c.len() >= (m - 1) * ldc + n, "C holds m rows of n columns");
     let width = nr.min(n - c0);
-    let mut tile = [0f32; MAX_TILE];
+    let (lo, hi) = epilogue.activation.bounds();
+    let mut buffer = [0f32; MAX_TILE];
     for p in 0..m.div_ceil(mr) {
         let panel = &a[p * k * mr..][..k * mr];
-        // SAFETY: `panel` holds k × mr and `b` k × nr elements (checked above), and the tile
-        // holds mr × nr; the kernel is only chosen when the CPU has its features.
-        unsafe {
-            match isa {
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 => x86::tile_avx512(k, panel.as_ptr(), b.as_ptr(), tile.as_mut_ptr()),
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 => x86::tile_avx2(k, panel.as_ptr(), b.as_ptr(), tile.as_mut_ptr()),
-                _ => tile_portable(k, panel, b, &mut tile),
-            }
-        }
         let rows = mr.min(m - p * mr);
+        let at = p * mr * ldc + c0;
+        if rows == mr && width == nr {
+            // A whole tile: the kernel applies the epilogue in registers and stores into C.
+            let bias = epilogue.bias.map(|b| &b[p * mr..][..mr]);
+            let residual = epilogue.residual.map(|r| &r[at..][..(mr - 1) * ldc + nr]);
+            let out = &mut c[at..][..(mr - 1) * ldc + nr];
+            let store =
+                Store { c: out.as_mut_ptr(), ldc, bias: ptr_or_null(bias), residual: ptr_or_null(residual), lo, hi };
+            // SAFETY: `panel` holds k × mr elements and every B row nr (checked above); `out`
+            // (and `residual`) hold mr rows of nr columns `ldc` apart, `bias` mr values; the
+            // kernel is only chosen when the CPU has its features.
+            unsafe { tile(isa, k, panel, b_base, offsets, &store) };
+            continue;
+        }
+        // A partial tile (or the portable kernel): into the buffer, then the epilogue here.
+        let store = Store {
+            c: buffer.as_mut_ptr(),
+            ldc: nr,
+            bias: std::ptr::null(),
+            residual: std::ptr::null(),
+            lo: f32::NEG_INFINITY,
+            hi: f32::INFINITY,
+        };
+        // SAFETY: as above, with the tile buffer (mr × nr) as C.
+        unsafe { tile(isa, k, panel, b_base, offsets, &store) };
         for r in 0..rows {
             let row = p * mr + r;
             let out = &mut c[row * ldc + c0..][..width];
-            let acc = &tile[r * nr..][..width];
+            let acc = &buffer[r * nr..][..width];
             let bias = epilogue.bias.map_or(0.0, |b| b[row]);
             let act = epilogue.activation;
             match epilogue.residual {
@@ -220,20 +278,81 @@ pub fn panel_product(
     }
 }
 
-/// The portable 4×16 tile: `tile[r * 16 + c]` = Σ_j a[j * 4 + r] · b[j * 16 + c].
-fn tile_portable(k: usize, a: &[f32], b: &[f32], tile: &mut [f32; MAX_TILE]) {
+/// Runs the tile kernel of `isa`: A panel `a`, B rows at `b + offsets[j]` (or `b + j * nr`
+/// when `offsets` is null), results through `store`.
+///
+/// # Safety
+/// `a` holds k × mr elements, each B row nr, `offsets` (when not null) k entries; `store` as
+/// each kernel requires; the CPU has the kernel's features.
+unsafe fn tile(isa: Isa, k: usize, a: &[f32], b: *const f32, offsets: *const usize, store: &Store) {
+    unsafe {
+        match (isa, offsets.is_null()) {
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx512, true) => x86::tile_avx512::<false>(k, a.as_ptr(), b, offsets, store),
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx512, false) => x86::tile_avx512::<true>(k, a.as_ptr(), b, offsets, store),
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx2, true) => x86::tile_avx2::<false>(k, a.as_ptr(), b, offsets, store),
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx2, false) => x86::tile_avx2::<true>(k, a.as_ptr(), b, offsets, store),
+            _ => tile_portable(k, a, b, offsets, store),
+        }
+    }
+}
+
+/// Where a tile kernel stores its mr × nr results: row r at `c + r * ldc`, each value plus
+/// `bias[r]` (when not null) plus the residual at the same place (when not null), clamped to
+/// `lo..=hi`.
+struct Store {
+    c: *mut f32,
+    ldc: usize,
+    bias: *const f32,
+    residual: *const f32,
+    lo: f32,
+    hi: f32,
+}
+
+fn ptr_or_null(s: Option<&[f32]>) -> *const f32 {
+    s.map_or(std::ptr::null(), <[f32]>::as_ptr)
+}
+
+/// The portable 4×16 tile, stored as the x86 kernels store.
+///
+/// # Safety
+/// As [`tile`]'s, for mr = 4 and nr = 16.
+unsafe fn tile_portable(k: usize, a: &[f32], b: *const f32, offsets: *const usize, store: &Store) {
     const MR: usize = 4;
     const NR: usize = 16;
     let mut acc = [[0f32; NR]; MR];
-    for (a, b) in a.chunks_exact(MR).zip(b.chunks_exact(NR)).take(k) {
+    for (j, a) in a.chunks_exact(MR).take(k).enumerate() {
+        // SAFETY: row j of B holds NR floats (the caller's contract).
+        let row = unsafe {
+            let at = if offsets.is_null() { j * NR } else { *offsets.add(j) };
+            std::slice::from_raw_parts(b.add(at), NR)
+        };
         for r in 0..MR {
             for c in 0..NR {
-                acc[r][c] += a[r] * b[c];
+                acc[r][c] += a[r] * row[c];
             }
         }
     }
-    for r in 0..MR {
-        tile[r * NR..][..NR].copy_from_slice(&acc[r]);
+    for (r, acc) in acc.iter().enumerate() {
+        let bias = if store.bias.is_null() { 0.0 } else { unsafe { *store.bias.add(r) } };
+        for (c, &v) in acc.iter().enumerate() {
+            let at = r * store.ldc + c;
+            let residual = if store.residual.is_null() { 0.0 } else { unsafe { *store.residual.add(at) } };
+            let v = v + bias + residual;
+            // SAFETY: the store holds MR rows of NR floats `ldc` apart (the caller's contract).
+            unsafe {
+                *store.c.add(at) = if v < store.lo {
+                    store.lo
+                } else if v > store.hi {
+                    store.hi
+                } else {
+                    v
+                }
+            };
+        }
     }
 }
 
@@ -241,16 +360,29 @@ fn tile_portable(k: usize, a: &[f32], b: &[f32], tile: &mut [f32; MAX_TILE]) {
 mod x86 {
     use std::arch::x86_64::*;
 
-    /// 8×32 tile with AVX-512: `tile[r * 32 + c]` = Σ_j a[j * 8 + r] · b[j * 32 + c].
+    use super::Store;
+
+    /// 8×32 tile with AVX-512: row r of the result (Σ_j a[j * 8 + r] · B[j][c], B row j at
+    /// `b + offsets[j]` with `ROWS`, else at `b + j * 32`) goes through `store`'s epilogue to
+    /// `store.c + r * store.ldc`.
     ///
     /// # Safety
-    /// The CPU has AVX-512F; `a` holds k × 8, `b` k × 32 and `tile` 256 elements.
+    /// The CPU has AVX-512F; `a` holds k × 8 elements, each B row 32 (and `offsets` k entries
+    /// with `ROWS`); `store` points at 8 rows of 32 writable (and, for the residual, readable)
+    /// floats and at 8 biases when not null.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn tile_avx512(k: usize, a: *const f32, b: *const f32, tile: *mut f32) {
+    pub unsafe fn tile_avx512<const ROWS: bool>(
+        k: usize,
+        a: *const f32,
+        b: *const f32,
+        offsets: *const usize,
+        store: &Store,
+    ) {
         let mut acc = [[_mm512_setzero_ps(); 2]; 8];
         for j in 0..k {
-            let b0 = _mm512_loadu_ps(b.add(j * 32));
-            let b1 = _mm512_loadu_ps(b.add(j * 32 + 16));
+            let row = if ROWS { b.add(*offsets.add(j)) } else { b.add(j * 32) };
+            let b0 = _mm512_loadu_ps(row);
+            let b1 = _mm512_loadu_ps(row.add(16));
             let a = a.add(j * 8);
             for (r, acc) in acc.iter_mut().enumerate() {
                 let ar = _mm512_set1_ps(*a.add(r));
@@ -258,22 +390,40 @@ mod x86 {
                 acc[1] = _mm512_fmadd_ps(ar, b1, acc[1]);
             }
         }
+        let (lo, hi) = (_mm512_set1_ps(store.lo), _mm512_set1_ps(store.hi));
         for (r, acc) in acc.iter().enumerate() {
-            _mm512_storeu_ps(tile.add(r * 32), acc[0]);
-            _mm512_storeu_ps(tile.add(r * 32 + 16), acc[1]);
+            let bias = if store.bias.is_null() { _mm512_setzero_ps() } else { _mm512_set1_ps(*store.bias.add(r)) };
+            for (half, &v) in acc.iter().enumerate() {
+                let at = r * store.ldc + half * 16;
+                let mut v = _mm512_add_ps(v, bias);
+                if !store.residual.is_null() {
+                    v = _mm512_add_ps(v, _mm512_loadu_ps(store.residual.add(at)));
+                }
+                // max/min return their second operand when one is NaN: NaN stays NaN.
+                _mm512_storeu_ps(store.c.add(at), _mm512_min_ps(hi, _mm512_max_ps(lo, v)));
+            }
         }
     }
 
-    /// 6×16 tile with AVX2 and FMA: `tile[r * 16 + c]` = Σ_j a[j * 6 + r] · b[j * 16 + c].
+    /// 6×16 tile with AVX2 and FMA, stored as [`tile_avx512`] stores.
     ///
     /// # Safety
-    /// The CPU has AVX2 and FMA; `a` holds k × 6, `b` k × 16 and `tile` 96 elements.
+    /// The CPU has AVX2 and FMA; `a` holds k × 6 elements, each B row 16 (and `offsets` k entries
+    /// with `ROWS`); `store` points at 6 rows of 16 writable (and, for the residual, readable)
+    /// floats and at 6 biases when not null.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn tile_avx2(k: usize, a: *const f32, b: *const f32, tile: *mut f32) {
+    pub unsafe fn tile_avx2<const ROWS: bool>(
+        k: usize,
+        a: *const f32,
+        b: *const f32,
+        offsets: *const usize,
+        store: &Store,
+    ) {
         let mut acc = [[_mm256_setzero_ps(); 2]; 6];
         for j in 0..k {
-            let b0 = _mm256_loadu_ps(b.add(j * 16));
-            let b1 = _mm256_loadu_ps(b.add(j * 16 + 8));
+            let row = if ROWS { b.add(*offsets.add(j)) } else { b.add(j * 16) };
+            let b0 = _mm256_loadu_ps(row);
+            let b1 = _mm256_loadu_ps(row.add(8));
             let a = a.add(j * 6);
             for (r, acc) in acc.iter_mut().enumerate() {
                 let ar = _mm256_set1_ps(*a.add(r));
@@ -281,9 +431,17 @@ mod x86 {
                 acc[1] = _mm256_fmadd_ps(ar, b1, acc[1]);
             }
         }
+        let (lo, hi) = (_mm256_set1_ps(store.lo), _mm256_set1_ps(store.hi));
         for (r, acc) in acc.iter().enumerate() {
-            _mm256_storeu_ps(tile.add(r * 16), acc[0]);
-            _mm256_storeu_ps(tile.add(r * 16 + 8), acc[1]);
+            let bias = if store.bias.is_null() { _mm256_setzero_ps() } else { _mm256_set1_ps(*store.bias.add(r)) };
+            for (half, &v) in acc.iter().enumerate() {
+                let at = r * store.ldc + half * 8;
+                let mut v = _mm256_add_ps(v, bias);
+                if !store.residual.is_null() {
+                    v = _mm256_add_ps(v, _mm256_loadu_ps(store.residual.add(at)));
+                }
+                _mm256_storeu_ps(store.c.add(at), _mm256_min_ps(hi, _mm256_max_ps(lo, v)));
+            }
         }
     }
 }
@@ -335,7 +493,7 @@ mod tests {
                     let mut c = vec![f32::NAN; m * n];
                     for c0 in (0..n).step_by(isa.nr()) {
                         pack_b_panel(Matrix::dense(&b, k, n), c0, isa.nr(), &mut panel);
-                        panel_product(isa, m, n, k, &packed, &panel, &mut c, n, c0, epilogue);
+                        panel_product(isa, m, n, k, &packed, Panel::Packed(&panel), &mut c, n, c0, epilogue);
                     }
                     for (at, (&got, &want)) in c.iter().zip(&expected).enumerate() {
                         let want = activation.apply(want + bias[at / n] + residual[at]);

@@ -2,9 +2,9 @@
 //! program's constants. Nothing here allocates; every size was checked when the program was
 //! compiled (`check.rs`), and slices keep every access bounds-checked.
 
-use super::gemm::{self, Epilogue, Isa, Matrix};
-use super::program::{ConvExtra, Extra, Place, Program, Slot, Step, MAX_AXES};
-use crate::backend::plan::{Op, PoolKind, ReduceKind, Window};
+use super::gemm::{self, Epilogue, Isa, Matrix, Panel};
+use super::program::{Columns, ConvExtra, Extra, Place, Program, Slot, Step, MAX_AXES};
+use crate::backend::plan::{BinaryKind, Op, PoolKind, ReduceKind, UnaryKind, Window};
 
 /// Runs every step of `program` in `arena` (at least `program.arena_end` floats, its inputs
 /// written) with `scratch` (at least `program.scratch` floats); adds each step's time to
@@ -56,24 +56,32 @@ fn execute<'m>(isa: Isa, step: &Step, read: &dyn Fn(&Slot) -> &'m [f32], out: &m
             }
         }
         Op::Binary { kind, shape, a_strides, b_strides } => {
-            let (a, b, kind) = (x(0), x(1), *kind);
-            rows(shape, |o, index| {
-                let (ia, ib) = (offset(index, a_strides), offset(index, b_strides));
-                let (sa, sb) = (a_strides[shape.len() - 1], b_strides[shape.len() - 1]);
-                let out = &mut out[o..][..shape[shape.len() - 1]];
-                match (sa, sb) {
-                    (1, 1) => zip(out, &a[ia..][..out.len()], &b[ib..][..out.len()], |x, y| kind.apply(x, y)),
-                    (1, 0) => each(out, &a[ia..][..out.len()], |x| kind.apply(x, b[ib])),
-                    (0, 1) => each(out, &b[ib..][..out.len()], |y| kind.apply(a[ia], y)),
-                    _ => {
-                        for (t, o) in out.iter_mut().enumerate() {
-                            *o = kind.apply(a[ia + t * sa], b[ib + t * sb]);
-                        }
-                    }
-                }
-            });
+            let (a, b) = (x(0), x(1));
+            // One loop per function, so that each is compiled (and vectorised) on its own.
+            match kind {
+                BinaryKind::Add => binary(shape, [a_strides, b_strides], [a, b], out, |x, y| x + y),
+                BinaryKind::Sub => binary(shape, [a_strides, b_strides], [a, b], out, |x, y| x - y),
+                BinaryKind::Mul => binary(shape, [a_strides, b_strides], [a, b], out, |x, y| x * y),
+                BinaryKind::Div => binary(shape, [a_strides, b_strides], [a, b], out, |x, y| x / y),
+                BinaryKind::Max => binary(shape, [a_strides, b_strides], [a, b], out, f32::max),
+                BinaryKind::Min => binary(shape, [a_strides, b_strides], [a, b], out, f32::min),
+                BinaryKind::Pow => binary(shape, [a_strides, b_strides], [a, b], out, f32::powf),
+            }
         }
-        &Op::Unary { kind, .. } => each(out, x(0), |v| kind.apply(v)),
+        &Op::Unary { kind, .. } => {
+            let x = x(0);
+            match kind {
+                UnaryKind::Tanh => each(out, x, tanh),
+                UnaryKind::Relu => each(out, x, |v| UnaryKind::Relu.apply(v)),
+                UnaryKind::Sign => each(out, x, |v| UnaryKind::Sign.apply(v)),
+                UnaryKind::Neg => each(out, x, |v| -v),
+                UnaryKind::Abs => each(out, x, f32::abs),
+                UnaryKind::Sqrt => each(out, x, f32::sqrt),
+                UnaryKind::Copy => out.copy_from_slice(x),
+                UnaryKind::Clip { min, max } => each(out, x, |v| v.max(min).min(max)),
+                other => each(out, x, |v| other.apply(v)),
+            }
+        }
         Op::Broadcast { shape, strides } => {
             let mut signed = [0isize; MAX_AXES];
             for (s, &v) in signed.iter_mut().zip(strides) {
@@ -88,15 +96,19 @@ fn execute<'m>(isa: Isa, step: &Step, read: &dyn Fn(&Slot) -> &'m [f32], out: &m
         &Op::Resize { planes, in_h, in_w, out_h, out_w, .. } => {
             let Extra::Resize { rows, cols } = &step.extra else { unreachable!("compiled resizes carry taps") };
             let x = x(0);
+            // Separable: every input row resampled across (into scratch), then each output row
+            // blended from two of those; the same arithmetic as tap by tap.
+            let across = &mut scratch[..in_h * out_w];
             for (p, plane) in out.chunks_exact_mut(out_h * out_w).take(planes).enumerate() {
                 let src = &x[p * in_h * in_w..][..in_h * in_w];
-                for (line, &(y0, y1, fy)) in plane.chunks_exact_mut(out_w).zip(rows) {
-                    let (r0, r1) = (&src[y0 * in_w..][..in_w], &src[y1 * in_w..][..in_w]);
+                for (row, line) in src.chunks_exact(in_w).zip(across.chunks_exact_mut(out_w)) {
                     for (o, &(x0, x1, fx)) in line.iter_mut().zip(cols) {
-                        let top = r0[x0] * (1.0 - fx) + r0[x1] * fx;
-                        let bottom = r1[x0] * (1.0 - fx) + r1[x1] * fx;
-                        *o = top * (1.0 - fy) + bottom * fy;
+                        *o = row[x0] * (1.0 - fx) + row[x1] * fx;
                     }
+                }
+                for (line, &(y0, y1, fy)) in plane.chunks_exact_mut(out_w).zip(rows) {
+                    let (top, bottom) = (&across[y0 * out_w..][..out_w], &across[y1 * out_w..][..out_w]);
+                    zip(line, top, bottom, |t, b| t * (1.0 - fy) + b * fy);
                 }
             }
         }
@@ -170,6 +182,36 @@ fn execute<'m>(isa: Isa, step: &Step, read: &dyn Fn(&Slot) -> &'m [f32], out: &m
     }
 }
 
+/// out[idx] = f(a[idx · strides_a], b[idx · strides_b]) over `shape`, row by row, with the last
+/// axis' common stride patterns (both dense, one broadcast) as plain loops.
+fn binary(shape: &[usize], [sa, sb]: [&[usize]; 2], [a, b]: [&[f32]; 2], out: &mut [f32], f: impl Fn(f32, f32) -> f32) {
+    let last = shape.len() - 1;
+    let (la, lb, width) = (sa[last], sb[last], shape[last]);
+    rows(shape, |o, index| {
+        let (ia, ib) = (offset(index, sa), offset(index, sb));
+        let out = &mut out[o..][..width];
+        match (la, lb) {
+            (1, 1) => zip(out, &a[ia..][..width], &b[ib..][..width], &f),
+            (1, 0) => {
+                let y = b[ib];
+                each(out, &a[ia..][..width], |x| f(x, y))
+            }
+            (0, 1) => {
+                let x = a[ia];
+                each(out, &b[ib..][..width], |y| f(x, y))
+            }
+            _ => {
+                for (t, o) in out.iter_mut().enumerate() {
+                    *o = f(a[ia + t * la], b[ib + t * lb]);
+                }
+            }
+        }
+    });
+}
+
+/// Matrix products with fewer columns than this run as dot products.
+pub const SMALL_N: usize = 8;
+
 /// Calls `f(flat offset of the row, index)` for every row (all axes but the last) of a dense
 /// tensor of `shape`; the index' last axis is 0.
 fn rows(shape: &[usize], mut f: impl FnMut(usize, &[usize; MAX_AXES])) {
@@ -240,6 +282,19 @@ fn each(out: &mut [f32], x: &[f32], f: impl Fn(f32) -> f32) {
     }
 }
 
+/// Σ x with sixteen partial sums.
+fn sum(x: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let chunks = x.chunks_exact(16);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for l in 0..16 {
+            acc[l] += c[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 /// Σ a·b with sixteen partial sums.
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 16];
@@ -255,9 +310,25 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 /// out (m×n) = a (m×k) · b (k×n), all dense.
 fn matmul(isa: Isa, [m, n, k]: [usize; 3], a: &[f32], b: &[f32], out: &mut [f32], scratch: &mut [f32]) {
-    if n == 1 {
-        for (r, o) in out.iter_mut().enumerate() {
-            *o = dot(&a[r * k..][..k], &b[..k]);
+    if n < SMALL_N {
+        // Few columns: each one a dot product of a row of a with a column of b (copied out
+        // contiguous when there are several).
+        let columns: &[f32] = if n == 1 {
+            &b[..k]
+        } else {
+            let t = &mut scratch[..n * k];
+            for (j, row) in b.chunks_exact(n).take(k).enumerate() {
+                for (c, &v) in row.iter().enumerate() {
+                    t[c * k + j] = v;
+                }
+            }
+            t
+        };
+        for (r, line) in out.chunks_exact_mut(n).take(m).enumerate() {
+            let row = &a[r * k..][..k];
+            for (c, o) in line.iter_mut().enumerate() {
+                *o = dot(row, &columns[c * k..][..k]);
+            }
         }
         return;
     }
@@ -265,7 +336,7 @@ fn matmul(isa: Isa, [m, n, k]: [usize; 3], a: &[f32], b: &[f32], out: &mut [f32]
     gemm::pack_a(Matrix::dense(a, m, k), isa.mr(), packed_a);
     for c0 in (0..n).step_by(isa.nr()) {
         gemm::pack_b_panel(Matrix::dense(b, k, n), c0, isa.nr(), panel);
-        gemm::panel_product(isa, m, n, k, packed_a, panel, out, n, c0, Epilogue::NONE);
+        gemm::panel_product(isa, m, n, k, packed_a, Panel::Packed(panel), out, n, c0, Epilogue::NONE);
     }
 }
 
@@ -300,15 +371,37 @@ fn conv(
                 Some(packed) => {
                     let per_group = gemm::packed_len(og, k, isa.mr());
                     let a = &packed[g * per_group..][..per_group];
-                    let panel = &mut scratch[..k * isa.nr()];
-                    let pointwise = kh == 1 && kw == 1 && window.stride == [1, 1] && window.pad == [0; 4];
-                    for c0 in (0..p).step_by(isa.nr()) {
-                        if pointwise {
-                            gemm::pack_b_panel(Matrix::dense(x, k, p), c0, isa.nr(), panel);
-                        } else {
-                            im2col_panel(x, ig, &window, dilation, c0, isa.nr(), panel);
+                    let nr = isa.nr();
+                    match &extra.columns {
+                        Columns::Padded { offsets, ph, pw } => {
+                            let (padded, _) = scratch.split_at_mut(ig * ph * pw);
+                            pad_planes(x, ig, &window, *ph, *pw, padded);
+                            for oy in 0..out_h {
+                                for ox in (0..out_w).step_by(nr) {
+                                    let b = Panel::Rows { data: padded, offsets, start: oy * pw + ox };
+                                    gemm::panel_product(isa, og, p, k, a, b, out, p, oy * out_w + ox, epilogue);
+                                }
+                            }
                         }
-                        gemm::panel_product(isa, og, p, k, a, panel, out, p, c0, epilogue);
+                        columns => {
+                            let panel = &mut scratch[..k * nr];
+                            for c0 in (0..p).step_by(nr) {
+                                let b = match columns {
+                                    Columns::Pointwise { offsets } if c0 + nr <= p => {
+                                        Panel::Rows { data: x, offsets, start: c0 }
+                                    }
+                                    Columns::Pointwise { .. } => {
+                                        gemm::pack_b_panel(Matrix::dense(x, k, p), c0, nr, panel);
+                                        Panel::Packed(panel)
+                                    }
+                                    _ => {
+                                        im2col_panel(x, ig, &window, dilation, c0, nr, panel);
+                                        Panel::Packed(panel)
+                                    }
+                                };
+                                gemm::panel_product(isa, og, p, k, a, b, out, p, c0, epilogue);
+                            }
+                        }
                     }
                 }
                 None => {
@@ -316,6 +409,21 @@ fn conv(
                     direct_conv(x, weights, &window, dilation, epilogue, out);
                 }
             }
+        }
+    }
+}
+
+/// Copies the `channels` h × w planes of `x` into `dst` as ph × pw planes, with the window's
+/// padding as zeros around them.
+fn pad_planes(x: &[f32], channels: usize, window: &Window, ph: usize, pw: usize, dst: &mut [f32]) {
+    let Window { h, w, pad, .. } = *window;
+    for (plane, out) in x.chunks_exact(h * w).zip(dst.chunks_exact_mut(ph * pw)).take(channels) {
+        out[..pad[0] * pw].fill(0.0);
+        out[(pad[0] + h) * pw..].fill(0.0);
+        for (row, line) in plane.chunks_exact(w).zip(out[pad[0] * pw..].chunks_exact_mut(pw)) {
+            line[..pad[1]].fill(0.0);
+            line[pad[1]..pad[1] + w].copy_from_slice(row);
+            line[pad[1] + w..].fill(0.0);
         }
     }
 }
@@ -439,6 +547,20 @@ fn valid_taps(x0: isize, stride: usize, w: usize, len: usize) -> Option<(usize, 
 }
 
 fn reduce(kind: ReduceKind, [outer, len, inner]: [usize; 3], x: &[f32], out: &mut [f32]) {
+    if inner == 1 {
+        for (row, o) in x.chunks_exact(len.max(1)).zip(out.iter_mut()).take(outer) {
+            *o = match kind {
+                ReduceKind::Sum => sum(row),
+                ReduceKind::Mean => sum(row) / len as f32,
+                ReduceKind::Max => row.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+                ReduceKind::L2 => dot(row, row).sqrt(),
+            };
+        }
+        if len == 0 {
+            out.fill(if kind == ReduceKind::Max { f32::NEG_INFINITY } else { 0.0 });
+        }
+        return;
+    }
     for o in 0..outer {
         let dst = &mut out[o * inner..][..inner];
         let first = match kind {
@@ -469,6 +591,15 @@ fn zip_in_place(dst: &mut [f32], src: &[f32], f: impl Fn(f32, f32) -> f32) {
 }
 
 fn softmax([outer, len, inner]: [usize; 3], x: &[f32], out: &mut [f32]) {
+    if inner == 1 {
+        for (row, dst) in x.chunks_exact(len).zip(out.chunks_exact_mut(len)).take(outer) {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            each(dst, row, |v| exp(v - max));
+            let inv = 1.0 / dst.iter().sum::<f32>();
+            dst.iter_mut().for_each(|d| *d *= inv);
+        }
+        return;
+    }
     for o in 0..outer {
         for i in 0..inner {
             let at = |j: usize| (o * len + j) * inner + i;
@@ -486,6 +617,37 @@ fn softmax([outer, len, inner]: [usize; 3], x: &[f32], out: &mut [f32]) {
     }
 }
 
+/// tanh(x) as a rational function (the minimax one Eigen and XLA use for f32), within 2e-7 of
+/// libm's on the whole line, without branches so that loops of it vectorise.
+pub fn tanh(x: f32) -> f32 {
+    const ALPHA: [f32; 7] =
+        [-2.760_768_5e-16, 2.000_188e-13, -8.604_672e-11, 5.122_297e-8, 1.485_722_4e-5, 6.372_619_3e-4, 4.893_524_6e-3];
+    const BETA: [f32; 4] = [1.198_258_4e-6, 1.185_347e-4, 2.268_434_6e-3, 4.893_525e-3];
+    let x = x.clamp(-7.905_311, 7.905_311);
+    let x2 = x * x;
+    let p = ALPHA.iter().fold(0.0, |acc, &a| acc * x2 + a) * x;
+    let q = BETA.iter().fold(0.0, |acc, &b| acc * x2 + b);
+    p / q
+}
+
+/// e^x by range reduction to [-ln 2 / 2, ln 2 / 2] and a degree-6 polynomial (Cephes' expf),
+/// within a few ulp of libm's on [-87.3, 88.3]; no branches, so that loops of it vectorise. x is
+/// clamped to that range (below it the result is about 1e-38, above it about 2e38): meant for
+/// softmax, where x ≤ 0.
+pub fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    let x = x.clamp(-87.336_55, 88.3);
+    let t = x * LOG2E + 0.5;
+    // floor(t) without floorf: truncation, one down for negative non-integers.
+    let n = t as i32 - i32::from((t as i32) as f32 > t);
+    let r = x - n as f32 * 0.693_359_4 - n as f32 * -2.121_944_4e-4;
+    let p = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5]
+        .iter()
+        .fold(0.0, |acc, &c| acc * r + c);
+    let y = p * r * r + r + 1.0;
+    y * f32::from_bits(((n + 127).max(0) as u32) << 23)
+}
+
 fn layer_norm([rows, cols]: [usize; 2], eps: f32, x: &[f32], scale: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
     for (row, dst) in x.chunks_exact(cols).zip(out.chunks_exact_mut(cols)).take(rows) {
         let mean = row.iter().sum::<f32>() / cols as f32;
@@ -498,32 +660,47 @@ fn layer_norm([rows, cols]: [usize; 2], eps: f32, x: &[f32], scale: &[f32], bias
 }
 
 fn pool(kind: PoolKind, planes: usize, window: &Window, x: &[f32], out: &mut [f32]) {
-    let Window { h, w, kernel: [kh, kw], stride, pad, out_h, out_w } = *window;
+    let Window { h, w, kernel: [kh, kw], stride: [sh, sw], pad, out_h, out_w } = *window;
     for (plane, dst) in x.chunks_exact(h * w).zip(out.chunks_exact_mut(out_h * out_w)).take(planes) {
-        for oy in 0..out_h {
-            for ox in 0..out_w {
-                let (mut sum, mut max, mut count) = (0.0, f32::NEG_INFINITY, 0usize);
-                for ky in 0..kh {
-                    let y = (oy * stride[0] + ky) as isize - pad[0] as isize;
-                    if y < 0 || y >= h as isize {
+        // Tap by tap, each output row takes the input row under it (as the direct convolution).
+        dst.fill(match kind {
+            PoolKind::Max => f32::NEG_INFINITY,
+            PoolKind::Average { .. } => 0.0,
+        });
+        for ky in 0..kh {
+            for kx in 0..kw {
+                let x0 = kx as isize - pad[1] as isize;
+                let Some((first, end)) = valid_taps(x0, sw, w, out_w) else { continue };
+                for (oy, row_out) in dst.chunks_exact_mut(out_w).enumerate() {
+                    let iy = (oy * sh + ky) as isize - pad[0] as isize;
+                    if iy < 0 || iy >= h as isize {
                         continue;
                     }
-                    for kx in 0..kw {
-                        let xx = (ox * stride[1] + kx) as isize - pad[1] as isize;
-                        if xx >= 0 && xx < w as isize {
-                            let v = plane[y as usize * w + xx as usize];
-                            sum += v;
-                            max = max.max(v);
-                            count += 1;
+                    let line = &plane[iy as usize * w..][..w];
+                    let start = (x0 + (first * sw) as isize) as usize;
+                    let taps = line[start..].iter().step_by(sw);
+                    match kind {
+                        PoolKind::Max => row_out[first..end].iter_mut().zip(taps).for_each(|(o, &v)| *o = o.max(v)),
+                        PoolKind::Average { .. } => {
+                            row_out[first..end].iter_mut().zip(taps).for_each(|(o, &v)| *o += v)
                         }
                     }
                 }
-                dst[oy * out_w + ox] = match kind {
-                    PoolKind::Max => max,
-                    PoolKind::Average { count_include_pad } => {
-                        sum / if count_include_pad { kh * kw } else { count } as f32
-                    }
-                };
+            }
+        }
+        if let PoolKind::Average { count_include_pad } = kind {
+            // The divisor: the whole window, or the taps inside the image (rows × columns).
+            let inside = |o: usize, s: usize, k: usize, p: usize, n: usize| {
+                let start = (o * s) as isize - p as isize;
+                let (lo, hi) = (start.max(0), (start + k as isize).min(n as isize));
+                (hi - lo).max(0) as usize
+            };
+            for (oy, row_out) in dst.chunks_exact_mut(out_w).enumerate() {
+                let rows = inside(oy, sh, kh, pad[0], h);
+                for (ox, o) in row_out.iter_mut().enumerate() {
+                    let count = if count_include_pad { kh * kw } else { rows * inside(ox, sw, kw, pad[1], w) };
+                    *o /= count as f32;
+                }
             }
         }
     }

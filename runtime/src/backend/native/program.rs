@@ -7,7 +7,9 @@
 use std::collections::HashMap;
 
 use super::gemm::{self, Activation, Isa};
-use crate::backend::plan::{row_major_strides, BinaryKind, Op, Plan, UnaryKind, ValueId, ValueKind, WeightData};
+use crate::backend::plan::{
+    row_major_strides, BinaryKind, Op, Plan, UnaryKind, ValueId, ValueKind, WeightData, Window,
+};
 
 /// Arena offsets are multiples of this many floats (64 bytes, one cache line).
 const ALIGN: usize = 16;
@@ -45,12 +47,37 @@ impl Slot {
     }
 }
 
+/// How the tile kernel reads a convolution's im2col matrix (row (c, ky, kx), column = output
+/// position).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Columns {
+    /// Built panel by panel into scratch.
+    Im2col,
+    /// A 1×1, stride-1, unpadded convolution: the input itself (row c at `offsets[c]`).
+    Pointwise {
+        /// c · positions.
+        offsets: Vec<usize>,
+    },
+    /// A stride-1 convolution whose output rows are whole panels: the input is copied once,
+    /// padded, into scratch (`ph` × `pw` planes), and each panel row read where it lies there.
+    Padded {
+        /// c · ph · pw + ky · dilation · pw + kx · dilation, per im2col row.
+        offsets: Vec<usize>,
+        /// Padded height.
+        ph: usize,
+        /// Padded width.
+        pw: usize,
+    },
+}
+
 /// A convolution's packed weights and what is fused into its store.
 #[derive(Debug, Clone)]
 pub struct ConvExtra {
     /// Weights packed per group for the tile kernel ([`gemm::pack_a`]), in the constants; `None`
     /// for groups too narrow for the kernel (they run as a direct loop on the plain weights).
     pub packed: Option<Slot>,
+    /// How the kernel reads the input (with packed weights).
+    pub columns: Columns,
     /// A residual added before the activation (an `Add` fused into the step).
     pub residual: Option<Slot>,
     /// Relu or Clip fused into the step.
@@ -221,29 +248,34 @@ impl Program {
                             let w = &weights[g * out_group * k..][..out_group * k];
                             gemm::pack_a(gemm::Matrix::dense(w, out_group, k), isa.mr(), &mut packed[g * per_group..]);
                         }
-                        scratch = scratch.max(k * isa.nr());
                         let s = Slot { place: Place::Constant(constants.len()), len: packed.len() };
                         constants.extend_from_slice(&packed);
                         Some(s)
                     } else {
                         None
                     };
-                    Extra::Conv(ConvExtra { packed, residual, activation: step.activation })
+                    let columns = columns(&step.op, isa);
+                    scratch = scratch.max(match &columns {
+                        Columns::Im2col | Columns::Pointwise { .. } => k * isa.nr(),
+                        Columns::Padded { ph, pw, .. } => c_in / groups * ph * pw + k * isa.nr(),
+                    });
+                    Extra::Conv(ConvExtra { packed, columns, residual, activation: step.activation })
                 }
-                Op::MatMul { m, k, .. } => {
-                    scratch = scratch.max(gemm::packed_len(*m, *k, isa.mr()) + k * isa.nr());
+                Op::MatMul { m, n, k, .. } => {
+                    scratch = scratch.max(gemm::packed_len(*m, *k, isa.mr()) + k * isa.nr()).max(n * k);
                     Extra::None
                 }
                 &Op::Resize { mode, coordinates, in_h, in_w, out_h, out_w, .. } => {
                     if in_h == 0 || in_w == 0 {
                         return Err(fail("resize of an empty image".into()));
                     }
+                    scratch = scratch.max(in_h * out_w);
                     let taps = |i, o| crate::backend::plan::resize_taps(mode, coordinates, i, o);
                     Extra::Resize { rows: taps(in_h, out_h), cols: taps(in_w, out_w) }
                 }
                 _ => Extra::None,
             };
-            let compiled_step = Step { node: step.node.clone(), op: step.op.clone(), inputs, output, extra };
+            let compiled_step = Step { node: step.node.clone(), op: coalesced(&step.op), inputs, output, extra };
             super::check::step(&compiled_step).map_err(fail)?;
             compiled.push(compiled_step);
         }
@@ -261,6 +293,82 @@ impl Program {
         }
         Ok(Program { isa, steps: compiled, constants, arena_end, scratch, inputs, outputs })
     }
+}
+
+/// `op` with the axes of a strided element-wise op or broadcast merged wherever every operand
+/// walks them as one (a dense `Add` of two [1, 64, 32, 32] tensors becomes one run of 65,536),
+/// so that the kernels' inner loops are long. Other ops are returned as they are.
+fn coalesced(op: &Op) -> Op {
+    match op {
+        Op::Binary { kind, shape, a_strides, b_strides } => {
+            let (shape, mut strides) = merge_axes(shape, &[a_strides, b_strides]);
+            let b_strides = strides.pop().expect("two operands");
+            let a_strides = strides.pop().expect("two operands");
+            Op::Binary { kind: *kind, shape, a_strides, b_strides }
+        }
+        Op::Broadcast { shape, strides } => {
+            let (shape, mut strides) = merge_axes(shape, &[strides]);
+            Op::Broadcast { shape, strides: strides.pop().expect("one operand") }
+        }
+        other => other.clone(),
+    }
+}
+
+/// `shape` with its axes of length 1 dropped and each axis merged into the next one wherever
+/// every stride list steps across both as across one axis; the stride lists to match.
+fn merge_axes(shape: &[usize], strides: &[&Vec<usize>]) -> (Vec<usize>, Vec<Vec<usize>>) {
+    let keep: Vec<usize> = (0..shape.len()).filter(|&a| shape[a] != 1).collect();
+    let mut out_shape: Vec<usize> = Vec::new();
+    let mut out: Vec<Vec<usize>> = vec![Vec::new(); strides.len()];
+    for &a in &keep {
+        let merges = !out_shape.is_empty()
+            && strides.iter().zip(&out).all(|(s, o)| *o.last().expect("same length") == s[a] * shape[a]);
+        if merges {
+            *out_shape.last_mut().expect("not empty") *= shape[a];
+            for (o, s) in out.iter_mut().zip(strides) {
+                *o.last_mut().expect("not empty") = s[a];
+            }
+        } else {
+            out_shape.push(shape[a]);
+            for (o, s) in out.iter_mut().zip(strides) {
+                o.push(s[a]);
+            }
+        }
+    }
+    if shape.contains(&0) {
+        return (shape.to_vec(), strides.iter().map(|s| s.to_vec()).collect());
+    }
+    if out_shape.is_empty() {
+        // One element (or a scalar): one axis of length 1.
+        return (vec![1], strides.iter().map(|_| vec![0]).collect());
+    }
+    (out_shape, out)
+}
+
+/// How the tile kernel should read the input of the convolution `op`.
+fn columns(op: &Op, isa: Isa) -> Columns {
+    let &Op::Conv { c_in, window, dilation, groups, .. } = op else { unreachable!("a convolution") };
+    let Window { h, w, kernel: [kh, kw], stride, pad, out_h, out_w } = window;
+    let channels = c_in / groups.max(1);
+    if stride != [1, 1] {
+        return Columns::Im2col;
+    }
+    if [kh, kw] == [1, 1] && pad == [0; 4] {
+        return Columns::Pointwise { offsets: (0..channels).map(|c| c * out_h * out_w).collect() };
+    }
+    if out_w % isa.nr() != 0 {
+        return Columns::Im2col;
+    }
+    let (ph, pw) = (h + pad[0] + pad[2], w + pad[1] + pad[3]);
+    let mut offsets = Vec::with_capacity(channels * kh * kw);
+    for c in 0..channels {
+        for ky in 0..kh {
+            for kx in 0..kw {
+                offsets.push(c * ph * pw + ky * dilation[0] * pw + kx * dilation[1]);
+            }
+        }
+    }
+    Columns::Padded { offsets, ph, pw }
 }
 
 /// The residual a convolution reads, if one is fused into it.

@@ -6,6 +6,7 @@ use std::path::Path;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::program::Extra;
 use super::*;
 use crate::backend::plan::reference::{self, difference, noise};
 use crate::backend::plan::{
@@ -85,9 +86,9 @@ fn one_step(op: Op, inputs: &[Vec<usize>], weights: &[Vec<usize>], out: Vec<usiz
     Plan { values, inputs: plan_inputs, outputs: vec![("out".into(), output)], steps: vec![step] }
 }
 
-/// `plan`'s outputs from the native executor, on `inputs`.
-fn run_native(plan: &Plan, inputs: &[Vec<f32>]) -> (Program, Vec<Vec<f32>>) {
-    let program = Program::compile(plan, Isa::detect(), 0, &[]).unwrap();
+/// `plan`'s outputs from the native executor with the tile kernel `isa`, on `inputs`.
+fn run_native(plan: &Plan, isa: Isa, inputs: &[Vec<f32>]) -> (Program, Vec<Vec<f32>>) {
+    let program = Program::compile(plan, isa, 0, &[]).unwrap();
     let mut arena = vec![f32::NAN; program.arena_end];
     let mut scratch = vec![f32::NAN; program.scratch];
     for ((_, slot), data) in program.inputs.iter().zip(inputs) {
@@ -106,7 +107,22 @@ fn run_native(plan: &Plan, inputs: &[Vec<f32>]) -> (Program, Vec<Vec<f32>>) {
     (program, outputs)
 }
 
-/// Native and reference outputs of `plan` agree within 1e-5 of their scale (1e-4 for long sums).
+/// Every tile kernel this CPU runs (the portable one on any).
+fn isas() -> Vec<Isa> {
+    let mut isas = vec![Isa::Portable, Isa::detect()];
+    #[cfg(target_arch = "x86_64")]
+    if isas[1] == Isa::Avx512
+        && std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+    {
+        isas.push(Isa::Avx2);
+    }
+    isas.dedup();
+    isas
+}
+
+/// Native (with every tile kernel the CPU has) and reference outputs of `plan` agree within
+/// 1e-4 of their scale.
 fn agree(plan: &Plan, what: &str, seed: u64) {
     let inputs: Vec<Vec<f32>> = plan
         .inputs
@@ -116,10 +132,12 @@ fn agree(plan: &Plan, what: &str, seed: u64) {
         .collect();
     let refs: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
     let expected = reference::run(plan, &refs);
-    let (_, got) = run_native(plan, &inputs);
-    for (g, e) in got.iter().zip(&expected) {
-        let (diff, scale) = difference(g, e);
-        assert!(diff <= 1e-4 * scale.max(1.0), "{what}: max |Δ| {diff} at scale {scale}");
+    for isa in isas() {
+        let (_, got) = run_native(plan, isa, &inputs);
+        for (g, e) in got.iter().zip(&expected) {
+            let (diff, scale) = difference(g, e);
+            assert!(diff <= 1e-4 * scale.max(1.0), "{what} ({isa:?}): max |Δ| {diff} at scale {scale}");
+        }
     }
 }
 
@@ -157,6 +175,39 @@ fn convolutions_match_the_reference() {
         let plan = one_step(op.clone(), &[vec![n, c_in, h, w]], &weights, out, done);
         agree(&plan, &format!("{op:?}"), done);
         done += 1;
+    }
+}
+
+/// Stride-1 convolutions whose output rows are whole panels (16 and 32 columns) read their
+/// input in place, padded once; pointwise ones read it unpadded. Both match the reference.
+#[test]
+fn convolutions_read_in_place_match_the_reference() {
+    let mut seed = 0;
+    for w in [16, 32, 64] {
+        for (kernel, pad, dilation) in [
+            ([3, 3], [1; 4], [1, 1]),
+            ([3, 3], [2; 4], [2, 2]),
+            ([1, 1], [0; 4], [1, 1]),
+            ([5, 3], [2, 1, 2, 1], [1, 1]),
+        ] {
+            let (c_in, c_out, h) = (7, 13, 5);
+            let out_h = h + pad[0] + pad[2] - dilation[0] * (kernel[0] - 1);
+            let window = Window { h, w, kernel, stride: [1, 1], pad, out_h, out_w: w };
+            let op = Op::Conv { n: 2, c_in, c_out, window, dilation, groups: 1 };
+            let plan = one_step(
+                op.clone(),
+                &[vec![2, c_in, h, w]],
+                &[vec![c_out, c_in, kernel[0], kernel[1]], vec![c_out]],
+                vec![2, c_out, out_h, w],
+                seed,
+            );
+            let program = Program::compile(&plan, Isa::detect(), 0, &[]).unwrap();
+            let Extra::Conv(extra) = &program.steps[0].extra else { panic!("a convolution") };
+            let in_place = !matches!(extra.columns, super::program::Columns::Im2col);
+            assert!(in_place || w % Isa::detect().nr() != 0, "{op:?} reads its input in place");
+            agree(&plan, &format!("{op:?}"), seed);
+            seed += 1;
+        }
     }
 }
 
@@ -198,7 +249,7 @@ fn fused_convolutions_match_the_unfused_reference() {
             push(&mut plan, Op::Unary { kind: UnaryKind::Relu, len }, vec![sum])
         };
         plan.outputs = vec![("out".into(), last)];
-        let (program, _) = run_native(&plan, &[vec![0.0; 5 * 9 * 21], vec![0.0; len]]);
+        let (program, _) = run_native(&plan, Isa::detect(), &[vec![0.0; 5 * 9 * 21], vec![0.0; len]]);
         assert_eq!(program.steps.len(), 1, "clip {clip}: fused into one step");
         agree(&plan, &format!("fused, clip {clip}"), 4);
     }
@@ -399,12 +450,13 @@ fn inconsistent_sizes_are_refused_at_compile_time() {
     assert!(err.contains("b holds 20 values"), "{err}");
 }
 
-/// Prints where the reference engine's frame spends its time, step by step (not a test of
-/// anything: `cargo test --release -p segicl profile -- --ignored --nocapture`).
+/// Prints where a bundled engine's frame spends its time, step by step (not a test of anything:
+/// `SEGICL_PROFILE_ENGINE=prototype.plan cargo test --release -p segicl profile -- --ignored
+/// --nocapture`; default segicl-ref.plan).
 #[test]
 #[ignore]
 fn profile() {
-    let engine = bundled("segicl-ref.plan");
+    let engine = bundled(&std::env::var("SEGICL_PROFILE_ENGINE").unwrap_or_else(|_| "segicl-ref.plan".into()));
     let native = NativeBackend::prepare(&engine.file, &engine.manifest).unwrap();
     let shared = &native.shared;
     let mut arena = vec![0.0; shared.arena];
@@ -423,4 +475,22 @@ fn profile() {
             eprintln!("{:8.3} ms  {:30} {}", t.as_secs_f64() * 1e3 / 50.0, step.node, &op[..op.len().min(110)]);
         }
     }
+}
+
+/// The branch-free tanh and exp stay within a few ulp of libm's over their whole useful range.
+#[test]
+fn fast_tanh_and_exp_match_libm() {
+    let mut worst = (0.0f32, 0.0f32);
+    for i in -400_000..=400_000 {
+        let x = i as f32 * 2.5e-4;
+        worst.0 = worst.0.max((kernels::tanh(x) - x.tanh()).abs());
+        let y = i as f32 * 2.18e-4;
+        worst.1 = worst.1.max((kernels::exp(y) - y.exp()).abs() / y.exp());
+    }
+    assert!(worst.0 <= 1e-6, "tanh: max |Δ| {}", worst.0);
+    assert!(worst.1 <= 1e-6, "exp: max relative Δ {}", worst.1);
+    assert_eq!(kernels::tanh(1e6), 1.0);
+    assert_eq!(kernels::tanh(-1e6), -1.0);
+    assert!(kernels::exp(-200.0) < 1e-37 && kernels::exp(0.0) == 1.0);
+    assert!(kernels::tanh(f32::NAN).is_nan() && kernels::exp(f32::NAN).is_nan());
 }

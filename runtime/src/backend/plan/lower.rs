@@ -21,6 +21,7 @@ use super::{
     BinaryKind, Op, Plan, PoolKind, ReduceKind, ResizeCoordinates, ResizeMode, Step, UnaryKind, Value, ValueId,
     ValueKind, Window,
 };
+use crate::backend::limits::check_len;
 
 /// ONNX element type code of f32.
 const FLOAT: i32 = pb::tensor_proto::DataType::Float as i32;
@@ -52,6 +53,7 @@ pub fn lower(onnx: &[u8], input_shapes: &[(&str, &[usize])]) -> Result<Plan> {
     let model = tract_onnx::onnx()
         .proto_model_for_read(&mut &onnx[..])
         .map_err(|e| graph_error(format!("not an ONNX model: {e}")))?;
+    crate::backend::limits::check_proto(&model).map_err(graph_error)?;
     crate::guard::no_panic(|| lower_model(&model, input_shapes))
         .unwrap_or_else(|panic| Err(graph_error(format!("malformed graph (the lowering panicked: {panic})"))))
 }
@@ -339,6 +341,7 @@ impl<'g> Lowering<'g> {
     /// The result of `op` on `inputs`: evaluated now when they are all constant and the host
     /// evaluates `op`, else one step.
     fn kernel(&mut self, node: &Node, op: Op, inputs: &[&Operand], shape: Vec<usize>) -> Result<Tensor> {
+        check_len(&shape).map_err(|why| node.fail(why))?;
         if let Some(constants) = inputs.iter().map(|x| x.constant()).collect::<Option<Vec<_>>>() {
             if let Some(data) = host::eval(&op, &constants).map_err(|why| node.fail(why))? {
                 return Ok(konst(Host { shape, data }));
@@ -782,7 +785,11 @@ impl<'g> Lowering<'g> {
         for (i, &axis) in axes.iter().enumerate() {
             (before[axis], after[axis]) = (pads[i], pads[i + axes.len()]);
         }
-        let shape: Vec<usize> = (0..x.rank()).map(|i| before[i] + x.shape[i] + after[i]).collect();
+        let shape: Option<Vec<usize>> =
+            (0..x.rank()).map(|i| before[i].checked_add(x.shape[i])?.checked_add(after[i])).collect();
+        let shape = shape.ok_or_else(|| node.fail("the padding overflows"))?;
+        // Before anything of that size is built (edge and reflect padding build index lists).
+        check_len(&shape).map_err(|why| node.fail(why))?;
         match node.string("mode", "constant") {
             _ if shape == x.shape => Ok(self.alias(x, shape)),
             "constant" => {

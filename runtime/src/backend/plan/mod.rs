@@ -16,6 +16,27 @@ use crate::error::{Error, Result};
 use crate::format::{EngineFile, Tag};
 use crate::manifest::{Direction, Graph, Manifest};
 
+/// Floating-point operations of one run of `plan`'s convolutions and matrix products (a
+/// multiply-add counts two): the work that the other ops are small beside.
+pub fn flops(plan: &Plan) -> u64 {
+    plan.steps
+        .iter()
+        .map(|step| match step.op {
+            Op::Conv { n, c_in, c_out, window, groups, .. } => {
+                2 * n
+                    * c_out
+                    * (c_in / groups.max(1))
+                    * window.kernel[0]
+                    * window.kernel[1]
+                    * window.out_h
+                    * window.out_w
+            }
+            Op::MatMul { batch, m, n, k, .. } => 2 * batch * m * n * k,
+            _ => 0,
+        } as u64)
+        .sum()
+}
+
 /// Lowers one graph of the engine for the manifest's input shapes and checks its inputs and
 /// outputs against the manifest's tensor table; errors are `backend`'s.
 pub fn lower_engine(file: &EngineFile, manifest: &Manifest, graph: Graph, backend: &'static str) -> Result<Plan> {

@@ -129,7 +129,10 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
     if !(1..=3).contains(&args.shots) || args.frames == 0 {
         bail!("--shots must be 1 to 3 and --frames at least 1");
     }
+    let opening = Instant::now();
     let engine = global.open()?;
+    let open_ms = opening.elapsed().as_secs_f64() * 1e3;
+    let gflop = frame_gflop(engine.path());
     let mut session = engine.session()?;
     let shots = synthetic_samples(task, 1, args.shots);
     let frames = synthetic_samples(task, 500, 8);
@@ -212,6 +215,7 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
             "threads": global.options.threads, "shots": args.shots, "frames": args.frames,
             "frame_size": [w, h], "stages": stages, "frames_per_s": cached_fps,
             "uncached_frames_per_s": uncached_fps, "uncached_over_cached_p50": ratio, "peak_rss_mib": rss,
+            "open_ms": open_ms, "graph_gflop_per_frame": gflop,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::SUCCESS);
@@ -237,5 +241,24 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
         Some(mib) => println!("peak RSS {mib:.1} MiB"),
         None => println!("peak RSS unknown (no /proc/self/status)"),
     }
+    println!("engine open {open_ms:.1} ms");
+    if let Some(gflop) = gflop {
+        let graphs_ms = rows[1].1.p50 + rows[2].1.p50;
+        println!(
+            "graphs: {:.0} MFLOP per frame (convolutions, matrix products): {:.1} GFLOP/s at the p50s",
+            gflop * 1e3,
+            gflop / graphs_ms * 1e3
+        );
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// GFLOP of one cached frame's encoder and decoder passes (their convolutions and matrix
+/// products), counted on the lowered graphs; `None` when the engine's graphs do not lower (int8).
+fn frame_gflop(path: &std::path::Path) -> Option<f64> {
+    use segicl::backend::plan::{flops, lower_engine};
+    use segicl::manifest::Graph;
+    let meta = segicl::EngineMetadata::open(path).ok()?;
+    let graph = |g| lower_engine(&meta.file, &meta.manifest, g, "cpu").ok().map(|p| flops(&p));
+    Some((graph(Graph::Encoder)? + graph(Graph::Decoder)?) as f64 / 1e9)
 }

@@ -7,6 +7,7 @@ use tract_onnx::pb;
 use tract_onnx::pb::tensor_proto::DataType;
 
 use super::{broadcast_shapes, broadcast_strides, row_major_strides, unravel};
+use crate::backend::limits::check_len;
 use crate::backend::plan::{BinaryKind, Op, WeightData};
 
 /// A constant tensor.
@@ -279,6 +280,7 @@ fn broadcast_all(operands: &[&Host]) -> Result<(Vec<usize>, Vec<Data>), String> 
     let shape = operands.iter().try_fold(Vec::new(), |s, x| broadcast_shapes(&s, &x.shape)).ok_or_else(|| {
         format!("shapes {:?} do not broadcast", operands.iter().map(|x| &x.shape).collect::<Vec<_>>())
     })?;
+    check_len(&shape)?;
     let data = operands
         .iter()
         .map(|x| x.data.pick(&strided(&shape, 0, &signed(&broadcast_strides(&x.shape, &shape))), 0.0))
@@ -341,6 +343,7 @@ pub(super) fn range(start: &Host, limit: &Host, delta: &Host) -> Result<Host, St
         Some(v) => {
             let (start, limit, delta) = (i128::from(v[0]), i128::from(v[1]), i128::from(v[2]));
             let count = (limit - start + delta - delta.signum()) / delta;
+            check_len(&[usize::try_from(count.max(0)).unwrap_or(usize::MAX)])?;
             Data::I64((0..count.max(0) as i64).map(|i| v[0] + i * v[2]).collect())
         }
         None => {
@@ -349,6 +352,7 @@ pub(super) fn range(start: &Host, limit: &Host, delta: &Host) -> Result<Host, St
             if !n.is_finite() {
                 return Err("delta is 0".into());
             }
+            check_len(&[n.max(0.0).min(usize::MAX as f32) as usize])?;
             Data::F32((0..n.max(0.0) as usize).map(|i| v[0] + i as f32 * v[2]).collect())
         }
     };
@@ -360,7 +364,7 @@ pub(super) fn constant_of_shape(shape: &[usize], value: &Host) -> Result<Host, S
     if value.data.len() != 1 {
         return Err("value must have one element".into());
     }
-    let len = shape.iter().product::<usize>();
+    let len = check_len(shape)?;
     Ok(Host { shape: shape.to_vec(), data: value.data.pick(&vec![Some(0); len], 0.0) })
 }
 
