@@ -133,7 +133,7 @@ def main():
     ap.add_argument("--shots", action="append", default=[], metavar="TASK=TASKDIR")
     ap.add_argument("--parity")
     ap.add_argument("--onnx-dir", help="also keep encoder.onnx, decoder.onnx and manifest.json here "
-                    "(bench/compare-onnxruntime.sh times them in ONNX Runtime)")
+                    "(bench/ort_bench.py --onnx-dir times them in ONNX Runtime)")
     ap.add_argument("--version", default="1.0.0")
     ap.add_argument("--segicl-edge", default=os.path.join(ROOT, "target", "release", "segicl-edge"))
     args = ap.parse_args()

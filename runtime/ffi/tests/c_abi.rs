@@ -88,27 +88,44 @@ fn build_library(lib: &Path) {
     assert!(lib.join("libsegicl.so").is_file(), "{} is missing after the build", lib.join("libsegicl.so").display());
 }
 
-/// The library's SONAME is libsegicl.so.2, which cargo does not lay out: the loader finds it
-/// through a link in DIR/lib, as an install would provide it. Returns DIR/lib.
-fn link_soname(lib: &Path, dir: &Path) -> PathBuf {
-    let so_dir = dir.join("lib");
-    std::fs::create_dir(&so_dir).unwrap();
-    std::os::unix::fs::symlink(lib.join("libsegicl.so"), so_dir.join("libsegicl.so.2")).unwrap();
-    so_dir
+/// A fresh folder with the C tests' inputs, and the freshly built library.
+struct Workspace {
+    /// `target/<profile>`, where `libsegicl.so` is.
+    lib: PathBuf,
+    /// Where the loader finds the library under its SONAME.
+    so_dir: PathBuf,
+    /// Width and height of the frames and shots.
+    size: (usize, usize),
+    tmp: tempfile::TempDir,
+}
+
+impl Workspace {
+    fn new() -> Workspace {
+        let lib = lib_dir();
+        build_library(&lib);
+        let tmp = tempfile::tempdir().unwrap();
+        let size = write_inputs(tmp.path());
+        // The library's SONAME is libsegicl.so.2, which cargo does not lay out: the loader finds
+        // it through a link in DIR/lib, as an install would provide it.
+        let so_dir = tmp.path().join("lib");
+        std::fs::create_dir(&so_dir).unwrap();
+        std::os::unix::fs::symlink(lib.join("libsegicl.so"), so_dir.join("libsegicl.so.2")).unwrap();
+        Workspace { lib, so_dir, size, tmp }
+    }
+
+    fn dir(&self) -> &Path {
+        self.tmp.path()
+    }
 }
 
 /// A frame through the C ABI allocates nothing after warm-up (native executor, with and without
 /// the ROI pass), counted by a C program whose malloc the library's allocations resolve to.
 #[test]
 fn c_frames_allocate_nothing() {
-    let lib = lib_dir();
-    build_library(&lib);
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    write_inputs(dir);
-    let so_dir = link_soname(&lib, dir);
+    let ws = Workspace::new();
+    let (dir, lib, so_dir) = (ws.dir(), &ws.lib, &ws.so_dir);
     let exe = dir.join("alloc_count");
-    assert!(compile("alloc_count.c", &lib, &so_dir, &exe, &[]), "alloc_count.c does not compile");
+    assert!(compile("alloc_count.c", lib, so_dir, &exe, &[]), "alloc_count.c does not compile");
     let out = Command::new(&exe).arg(dir).arg(prototype_path()).output().expect("alloc_count runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
     println!("{stdout}");
@@ -118,18 +135,13 @@ fn c_frames_allocate_nothing() {
 
 #[test]
 fn c_program_matches_the_rust_api() {
-    let lib = lib_dir();
-    build_library(&lib);
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    let (w, h) = write_inputs(dir);
+    let ws = Workspace::new();
+    let (dir, lib, so_dir, (w, h)) = (ws.dir(), &ws.lib, &ws.so_dir, ws.size);
     let refiner_path = dir.join("refiner.plan");
     std::fs::write(&refiner_path, segicl_models::box_refiner::file().unwrap()).unwrap();
 
-    let so_dir = link_soname(&lib, dir);
-
     let exe = dir.join("abi_test");
-    assert!(compile("abi_test.c", &lib, &so_dir, &exe, &[]), "abi_test.c does not compile");
+    assert!(compile("abi_test.c", lib, so_dir, &exe, &[]), "abi_test.c does not compile");
     let valgrind = on_path("valgrind");
     let mut cmd = if valgrind {
         let mut c = Command::new("valgrind");

@@ -469,7 +469,8 @@ fn profile() {
         let mut rows: Vec<_> = program.steps.iter().zip(&times).collect();
         rows.sort_by_key(|(_, t)| std::cmp::Reverse(**t));
         let total: std::time::Duration = times.iter().sum();
-        eprintln!("total {:.3} ms per run", total.as_secs_f64() * 1e3 / 50.0);
+        let constants = program.constants.len() as f64 * 4.0 / (1 << 20) as f64;
+        eprintln!("total {:.3} ms per run; {constants:.2} MiB of constants", total.as_secs_f64() * 1e3 / 50.0);
         for (step, t) in rows.iter().take(15) {
             let op = format!("{:?}", step.op);
             eprintln!("{:8.3} ms  {:30} {}", t.as_secs_f64() * 1e3 / 50.0, step.node, &op[..op.len().min(110)]);
