@@ -174,8 +174,8 @@ fn c_program_matches_the_rust_api() {
     let sanitized = dir.join("abi_test_asan");
     if compile(
         "abi_test.c",
-        &lib,
-        &so_dir,
+        lib,
+        so_dir,
         &sanitized,
         &["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-g"],
     ) {
