@@ -112,12 +112,17 @@ pub fn prepare(
         BackendChoice::Cpu => native().map_err(|e| suggest(e, "tract")),
         BackendChoice::Tract => tract(),
         BackendChoice::Cuda => prepare_cuda(file, manifest).map_err(|e| suggest(e, "cpu")),
-        BackendChoice::Auto => prepare_cuda(file, manifest).or_else(|e| {
-            log::info!("backend auto: not cuda: {e}");
-            native().or_else(|e| {
-                log::info!("backend auto: using tract, not the native cpu executor: {e}");
+        BackendChoice::Auto => prepare_cuda(file, manifest).or_else(|not_cuda| match native() {
+            Ok(backend) => {
+                log::info!("backend auto: using cpu, not cuda: {not_cuda}");
+                Ok(backend)
+            }
+            Err(not_native) => {
+                log::info!(
+                    "backend auto: using tract, not cuda: {not_cuda}; not the native cpu executor: {not_native}"
+                );
                 tract()
-            })
+            }
         }),
     }
 }
