@@ -2,8 +2,8 @@
 
 use std::path::PathBuf;
 
-use segicl::synthetic::{self, Task};
 use segicl::{Engine, EngineOptions, OwnedImage, PixelFormat, Session};
+use segicl_eval::synthetic::{self, Task};
 
 /// Path of the committed prototype engine.
 pub fn prototype_path() -> PathBuf {

@@ -4,8 +4,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use segicl::synthetic::{sample, Task};
 use segicl::{Engine, EngineOptions, Error, MaskMut, OwnedImage, PixelFormat};
+use segicl_eval::synthetic::{sample, Task};
 
 /// How a case ended. [`Outcome::is_defect`] says which are bugs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -13,7 +13,7 @@ use segicl::manifest::{
 };
 use segicl::pack::{stored_shot, EngineParts};
 use segicl::shots::DefaultShots;
-use segicl::synthetic::{self, Task};
+use segicl_eval::synthetic::{self, Task};
 
 use crate::onnx::{Attr, GraphBuilder};
 

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use segicl::cache::ContextCache;
-use segicl::evaluation::{load_labelled, Labelled};
 use segicl::manifest::{CalibrationMethod, Direction, Graph, Manifest};
 use segicl::preprocess::Preprocessor;
+use segicl_eval::evaluation::{load_labelled, Labelled};
 use tract_onnx::prelude::*;
 
 /// Histogram bins over [0, max |x|] for the percentile and entropy methods.

@@ -11,13 +11,13 @@ use anyhow::{bail, Context, Result};
 use rand::seq::index::sample;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use segicl::evaluation::{score, set_shots, Labelled};
 use segicl::format::Tag;
 use segicl::manifest::DType;
 use segicl::metrics::mean_std;
 use segicl::pack::RefinerParts;
 use segicl::refine::RefinerMetadata;
 use segicl::{BackendChoice, Engine, EngineOptions, RefineOptions, Refiner};
+use segicl_eval::evaluation::{score, set_shots, Labelled};
 
 use crate::{fp16, graph, int8, Target};
 

@@ -9,10 +9,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rand::seq::index::sample;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use segicl::evaluation::{score, set_shots, Labelled};
 use segicl::format::Tag;
 use segicl::metrics::mean_std;
 use segicl::{BackendChoice, Engine, EngineMetadata, EngineOptions, MaskMut, OwnedImage, PixelFormat};
+use segicl_eval::evaluation::{score, set_shots, Labelled};
 
 /// Accuracy of both engines at one shot count.
 #[derive(Debug, Clone, serde::Serialize)]

@@ -5,11 +5,11 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use segicl::evaluation::{score, set_shots, synthetic_samples, write_synthetic};
 use segicl::format::Tag;
 use segicl::manifest::{CalibrationMethod, DType};
-use segicl::synthetic::Task;
 use segicl::{Engine, EngineMetadata, EngineOptions};
+use segicl_eval::evaluation::{score, set_shots, synthetic_samples, write_synthetic};
+use segicl_eval::synthetic::Task;
 use segicl_quantize::int8::KeepFloat;
 use segicl_quantize::{quantize, write, Options, Target};
 
@@ -143,7 +143,7 @@ fn bad_calibration_folders_fail_with_a_clear_error() {
     let mismatched = folder("mismatched");
     write_synthetic(&mismatched, Task::UsLesion, 1..3).unwrap();
     let small = segicl::OwnedImage::zeros(5, 5, segicl::PixelFormat::Gray8);
-    segicl::dataset::save_png(&mismatched.join("masks/1.png"), &small).unwrap();
+    segicl_eval::dataset::save_png(&mismatched.join("masks/1.png"), &small).unwrap();
     let single = folder("single");
     write_synthetic(&single, Task::UsLesion, 1..2).unwrap();
     let unpaired = folder("unpaired");

@@ -4,7 +4,9 @@
 #   PREFIX/include/segicl.h, PREFIX/lib/pkgconfig/segicl.pc
 # Usage: bash runtime/ffi/install.sh PREFIX
 # Environment: SEGICL_PROFILE=dev for a debug build (default release); SEGICL_TARGET=TRIPLE to
-# install a cross-built library (e.g. aarch64-unknown-linux-gnu, see targets/jetson-orin/).
+# install a cross-built library (e.g. aarch64-unknown-linux-gnu, see targets/jetson-orin/);
+# SEGICL_NO_TRACT=1 for the small library without the tract backend (float engines on the native
+# executor; no int8 engines, no refiners).
 set -euo pipefail
 
 if [ $# -ne 1 ]; then
@@ -28,7 +30,11 @@ if [ -n "${SEGICL_TARGET:-}" ]; then
   cross=(--target "$SEGICL_TARGET")
   dir="$SEGICL_TARGET/$dir"
 fi
-cargo build --profile "$profile" "${cross[@]}" -p segicl-ffi
+features=()
+if [ "${SEGICL_NO_TRACT:-0}" = 1 ]; then
+  features=(--no-default-features)
+fi
+cargo build --profile "$profile" "${cross[@]}" "${features[@]}" -p segicl-ffi
 target=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 release="${target:-$root/target}/$dir"
 

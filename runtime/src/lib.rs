@@ -6,16 +6,19 @@
 //! For small structures, [`Session::set_roi`] adds a second pass on a crop around the first
 //! pass's prediction ([`roi`]); [`Session::set_refiner`] redraws the boundary with a pretrained
 //! promptable segmenter from a box around the mask ([`refine`]).
+//!
+//! This crate is what firmware links (through `segicl-ffi`): the engine format, the session, the
+//! backends and nothing of the tools. The `tract` feature (on by default) adds the tract backend,
+//! which also runs refiners; without it the CPU path is the native executor alone. Synthetic
+//! samples, datasets, evaluation and baselines are in `segicl-eval`; the command line in
+//! `segicl-edge`.
 
 #![warn(missing_docs)]
 
 pub mod backend;
-pub mod baseline;
 pub mod cache;
-pub mod dataset;
 pub mod engine;
 pub mod error;
-pub mod evaluation;
 pub mod format;
 pub mod guard;
 pub mod image;
@@ -28,7 +31,6 @@ pub mod refine;
 pub mod roi;
 pub mod session;
 pub mod shots;
-pub mod synthetic;
 
 pub use backend::BackendChoice;
 pub use engine::{Engine, EngineMetadata, EngineOptions};

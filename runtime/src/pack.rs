@@ -3,11 +3,10 @@
 
 use std::path::Path;
 
-use crate::dataset;
 use crate::error::{Error, Result};
 use crate::format::{write_atomically, EngineWriter, Tag};
 use crate::image::{ImageView, OwnedImage, PixelFormat};
-use crate::manifest::{Manifest, MAX_SHOTS};
+use crate::manifest::Manifest;
 use crate::preprocess::{area_resize, binarise_coverage, mask_coverage};
 use crate::refine::RefinerManifest;
 use crate::shots::{DefaultShots, StoredShot};
@@ -122,18 +121,4 @@ pub fn stored_shot(image: &ImageView, mask: &ImageView, r: usize) -> Result<Stor
         return Err(Error::invalid("mask is empty: a shot needs at least one foreground pixel (value ≥ 128)"));
     }
     Ok(StoredShot { image: out, mask: m })
-}
-
-/// The first three image/mask pairs of `dir` (in stem order) as stored shots at `side`×`side`.
-pub fn shots_from_dir(dir: &Path, side: usize) -> Result<Vec<StoredShot>> {
-    dataset::pairs(dir)?
-        .iter()
-        .take(MAX_SHOTS)
-        .map(|pair| {
-            let image = dataset::load_image(&pair.image)?;
-            let mask = dataset::load_mask(&pair.mask)?;
-            stored_shot(&image.view(), &mask.view(), side)
-                .map_err(|e| Error::invalid(format!("{}: {e}", pair.image.display())))
-        })
-        .collect()
 }

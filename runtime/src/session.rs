@@ -531,12 +531,21 @@ fn check_slot(slot: usize) -> Result<()> {
 mod tests {
     use super::*;
     use crate::image::PixelFormat;
-    use crate::synthetic::{sample, Task};
     use crate::EngineOptions;
 
+    /// A 96×80 grey frame with a bright disc whose place depends on `seed`, and its mask.
     fn shot(seed: u64) -> (OwnedImage, OwnedImage) {
-        let (image, mask) = sample(Task::UsLesion, seed);
-        let mask = OwnedImage { width: image.width, height: image.height, format: PixelFormat::Gray8, data: mask };
+        let (w, h) = (96, 80);
+        let (cx, cy, r) = (30 + 7 * (seed % 5) as usize, 28 + 5 * (seed % 4) as usize, 14);
+        let mut image = OwnedImage::zeros(w, h, PixelFormat::Gray8);
+        let mut mask = OwnedImage::zeros(w, h, PixelFormat::Gray8);
+        for y in 0..h {
+            for x in 0..w {
+                let inside = x.abs_diff(cx).pow(2) + y.abs_diff(cy).pow(2) <= r * r;
+                image.data[y * w + x] = if inside { 200 } else { 60 + ((x * 7 + y * 3) % 23) as u8 };
+                mask.data[y * w + x] = if inside { 255 } else { 0 };
+            }
+        }
         (image, mask)
     }
 

@@ -126,7 +126,7 @@ EOF
         echo "$PRECISION_VAR in this build: $([ "$HAVE_PRECISION" = 1 ] && echo yes || echo 'no (f32 runs skipped)')"
         echo "$GRAPHS_VAR in this build: $([ "$HAVE_GRAPHS_VAR" = 1 ] && echo yes || echo 'no (no-graph bench skipped)')"
     else
-        echo "FAIL $BIN missing: build it with cargo build --release --features cuda and carry it"
+        echo "FAIL $BIN missing: build it with cargo build --release -p segicl-edge --features cuda and carry it"
         rc=1
     fi
     ls -l models/*.plan

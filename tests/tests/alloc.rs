@@ -13,8 +13,8 @@ use segicl::cache::ContextCache;
 use segicl::postprocess::logits_to_mask;
 use segicl::preprocess::Preprocessor;
 use segicl::roi::{logits_box, mask_box};
-use segicl::synthetic::Task;
 use segicl::{BackendChoice, Engine, EngineOptions, ImageView, MaskMut, PixelFormat, RoiOptions};
+use segicl_eval::synthetic::Task;
 use segicl_tests::{prototype, prototype_path, reference, sample, set_shots};
 
 /// Counts allocations (and live bytes) made by threads that armed it, per thread, so that tests

@@ -4,8 +4,8 @@
 //! its AVX-512, AVX2 or portable kernels, and tract). `SEGICL_UPDATE_GOLDEN=1` rewrites the file
 //! (from tract).
 
-use segicl::synthetic::Task;
 use segicl::{BackendChoice, Engine, EngineOptions};
+use segicl_eval::synthetic::Task;
 use segicl_tests::{prototype_path, sample, segment, set_shots};
 
 #[test]

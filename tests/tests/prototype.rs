@@ -2,7 +2,7 @@
 //! when the task switches on the same frame.
 
 use segicl::metrics::{mean_std, overlap};
-use segicl::synthetic::{self, SceneKind, Task};
+use segicl_eval::synthetic::{self, SceneKind, Task};
 use segicl_tests::{prototype, segment, set_shots, synthetic_dice};
 
 /// Shots and queries are disjoint seeds, and none is a default-shot seed of the engine.

@@ -3,8 +3,8 @@
 //! export, a stale engine or a packing mistake fails here, without Python.
 
 use segicl::metrics::{mean_std, overlap};
-use segicl::synthetic::Task;
 use segicl::{ImageView, PixelFormat};
+use segicl_eval::synthetic::Task;
 use segicl_tests::{reference, reference_path, segment, synthetic_dice};
 
 /// Written by models/ref/export.py --parity with the weights of the shipped engine.

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use segicl::format::{EngineWriter, Layout, Tag};
 use segicl::metrics::overlap;
 use segicl::refine::{RefinerManifest, RefinerMetadata};
-use segicl::synthetic::Task;
 use segicl::{BoxRule, Engine, EngineOptions, Error, OwnedImage, PixelFormat, RefineOptions, Refiner};
+use segicl_eval::synthetic::Task;
 use segicl_tests::{prototype, prototype_path, reference, sample, segment, set_shots};
 
 /// Path of the committed refiner.

@@ -4,8 +4,8 @@
 
 use segicl::metrics::{mean_std, overlap};
 use segicl::roi::mask_box;
-use segicl::synthetic::Task;
 use segicl::{Error, ImageView, MaskMut, OwnedImage, PixelFormat, Rect, RoiOptions, Session, ShotUpdate};
+use segicl_eval::synthetic::Task;
 use segicl_tests::{prototype, sample, segment, set_shots};
 
 const SHOTS: [u64; 3] = [11, 12, 13];

@@ -1,7 +1,7 @@
 //! The session API: shots, the context cache, default shots and every error case.
 
-use segicl::synthetic::Task;
 use segicl::{Error, ImageView, MaskMut, OwnedImage, PixelFormat, ShotUpdate};
+use segicl_eval::synthetic::Task;
 use segicl_tests::{prototype, sample, segment, set_shots};
 
 #[test]

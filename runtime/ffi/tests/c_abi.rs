@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use segicl::synthetic::Task;
 use segicl::{BoxRule, EngineOptions, RefineOptions, Refiner};
+use segicl_eval::synthetic::Task;
 use segicl_tests::{prototype, prototype_path, sample, segment, set_shots};
 
 const SHOT_SEEDS: [u64; 3] = [1, 2, 3];

@@ -1,6 +1,8 @@
 //! Bounds every backend applies to an engine's ONNX graphs before it builds anything from them,
 //! so that a hostile graph is refused with an error instead of exhausting memory or time.
 
+use super::onnx::{DataType, GraphProto, ModelProto, TensorProto};
+
 /// Most nodes a graph may have. Real graphs have far fewer (LiteMedSAM's encoder: 1,014), and
 /// tract's optimiser takes time that grows faster than linearly with long chains of nodes.
 pub const MAX_GRAPH_NODES: usize = 2_000;
@@ -12,11 +14,18 @@ pub const MAX_TENSOR_ELEMENTS: usize = 1 << 28;
 /// Most dimensions of a tensor, and so the bound on every `axis`, `axes` and `perm` attribute.
 pub const MAX_RANK: usize = 16;
 
+/// Decodes an ONNX graph's bytes and applies [`check_proto`].
+pub fn decode_checked(bytes: &[u8]) -> Result<ModelProto, String> {
+    let proto = ModelProto::decode_bytes(bytes).map_err(|e| format!("not an ONNX protobuf: {e}"))?;
+    check_proto(&proto)?;
+    Ok(proto)
+}
+
 /// Bounds on the protobuf before tract builds anything from it: the node count, the size of
 /// every initializer, and axis attributes within [`MAX_RANK`] (`perm` a permutation). tract
 /// allocates by an axis' value (a `perm` of `[0, 1, 1]` asked for 4 GiB and aborted) or loops up
 /// to it (a LayerNormalization `axis` of 2^40 never finished opening).
-pub fn check_proto(proto: &tract_onnx::pb::ModelProto) -> std::result::Result<(), String> {
+pub fn check_proto(proto: &ModelProto) -> std::result::Result<(), String> {
     let Some(graph) = &proto.graph else { return Err("the ONNX model has no graph".into()) };
     if graph.node.len() > MAX_GRAPH_NODES {
         return Err(format!("the graph has {} nodes, over the limit of {MAX_GRAPH_NODES}", graph.node.len()));
@@ -57,9 +66,8 @@ pub fn check_proto(proto: &tract_onnx::pb::ModelProto) -> std::result::Result<()
 /// Every Pad's padding (its attribute, or a constant second input) is under
 /// [`MAX_TENSOR_ELEMENTS`] per side: one larger pads an axis past the limit whatever the input,
 /// and tract folds a constant's padding before any later check sees the size.
-fn check_pads(graph: &tract_onnx::pb::GraphProto) -> Result<(), String> {
-    use tract_onnx::pb::tensor_proto::DataType;
-    let ints = |t: &tract_onnx::pb::TensorProto| -> Vec<i64> {
+fn check_pads(graph: &GraphProto) -> Result<(), String> {
+    let ints = |t: &TensorProto| -> Vec<i64> {
         if t.data_type != DataType::Int64 as i32 {
             return Vec::new();
         }

@@ -5,7 +5,9 @@
 pub mod cuda;
 pub mod limits;
 pub mod native;
+pub mod onnx;
 pub mod plan;
+#[cfg(feature = "tract")]
 pub mod tract;
 
 use std::time::Duration;
@@ -100,7 +102,7 @@ pub fn prepare(
         }
         Ok(Box::new(backend))
     };
-    let tract = || -> Result<Box<dyn Backend>> { Ok(Box::new(tract::TractBackend::prepare(file, manifest, threads)?)) };
+    let tract = || prepare_tract(file, manifest, threads);
     let suggest = |e: Error, other: &str| match e {
         Error::Backend { backend, what } => Error::Backend {
             backend,
@@ -109,7 +111,8 @@ pub fn prepare(
         other => other,
     };
     match choice {
-        BackendChoice::Cpu => native().map_err(|e| suggest(e, "tract")),
+        BackendChoice::Cpu if cfg!(feature = "tract") => native().map_err(|e| suggest(e, "tract")),
+        BackendChoice::Cpu => native(),
         BackendChoice::Tract => tract(),
         BackendChoice::Cuda => prepare_cuda(file, manifest).map_err(|e| suggest(e, "cpu")),
         BackendChoice::Auto => prepare_cuda(file, manifest).or_else(|not_cuda| match native() {
@@ -117,6 +120,10 @@ pub fn prepare(
                 log::info!("backend auto: using cpu, not cuda: {not_cuda}");
                 Ok(backend)
             }
+            Err(Error::Backend { backend, what }) if cfg!(not(feature = "tract")) => Err(Error::Backend {
+                backend,
+                what: format!("{what}; this build has no tract backend to fall back on (not cuda: {not_cuda})"),
+            }),
             Err(not_native) => {
                 log::info!(
                     "backend auto: using tract, not cuda: {not_cuda}; not the native cpu executor: {not_native}"
@@ -125,6 +132,19 @@ pub fn prepare(
             }
         }),
     }
+}
+
+#[cfg(feature = "tract")]
+fn prepare_tract(file: &EngineFile, manifest: &Manifest, threads: usize) -> Result<Box<dyn Backend>> {
+    Ok(Box::new(tract::TractBackend::prepare(file, manifest, threads)?))
+}
+
+#[cfg(not(feature = "tract"))]
+fn prepare_tract(_: &EngineFile, _: &Manifest, _: usize) -> Result<Box<dyn Backend>> {
+    Err(Error::Backend {
+        backend: "tract",
+        what: "this build has no tract backend: build with --features tract".into(),
+    })
 }
 
 #[cfg(any(feature = "cuda-12", feature = "cuda-13"))]
@@ -138,4 +158,35 @@ fn prepare_cuda(_: &EngineFile, _: &Manifest) -> Result<Box<dyn Backend>> {
         backend: "cuda",
         what: "this build has no CUDA backend: build with --features cuda (CUDA 13) or cuda-12".into(),
     })
+}
+
+/// What a build without the `tract` feature (the small library) runs and refuses.
+#[cfg(all(test, not(feature = "tract")))]
+mod without_tract {
+    use std::path::{Path, PathBuf};
+
+    use crate::{BackendChoice, Engine, EngineOptions, Refiner};
+
+    fn bundled(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../models").join(name)
+    }
+
+    fn open(name: &str, backend: BackendChoice) -> crate::Result<Engine> {
+        Engine::open(bundled(name), &EngineOptions { backend, threads: 1 })
+    }
+
+    #[test]
+    fn float_engines_run_natively_and_the_rest_is_refused_saying_why() {
+        for name in ["segicl-ref.plan", "segicl-ref-fp16.plan", "prototype.plan"] {
+            for backend in [BackendChoice::Auto, BackendChoice::Cpu] {
+                assert_eq!(open(name, backend).unwrap().backend_name(), "cpu", "{name}");
+            }
+            let err = open(name, BackendChoice::Tract).unwrap_err().to_string();
+            assert!(err.contains("this build has no tract backend"), "{err}");
+        }
+        let err = open("segicl-ref-int8.plan", BackendChoice::Auto).unwrap_err().to_string();
+        assert!(err.contains("QuantizeLinear") && err.contains("no tract backend to fall back on"), "{err}");
+        let refiner = Refiner::open(bundled("litemedsam-int8.refiner"), &EngineOptions::default());
+        assert!(refiner.unwrap_err().to_string().contains("refiners run on tract"));
+    }
 }

@@ -8,7 +8,7 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::runtime::RunOptions;
 use tract_onnx::tract_core::tract_linalg::multithread::Executor;
 
-use super::limits::{check_proto, MAX_TENSOR_ELEMENTS};
+use super::limits::{decode_checked, MAX_TENSOR_ELEMENTS};
 use super::{Backend, Runner};
 use crate::error::{Error, Result};
 use crate::format::{EngineFile, Tag};
@@ -129,10 +129,10 @@ fn engine_graph<'a>(file: &'a EngineFile, manifest: &'a Manifest, graph: Graph) 
 /// is refused; a panic inside tract on a malformed graph becomes a contract error naming it.
 pub(crate) fn load(source: &GraphSource, options: &RunOptions) -> Result<(Plan, Vec<String>, Vec<String>)> {
     let fail = |what: String| Error::contract(source.name, what);
+    decode_checked(source.bytes).map_err(|e| fail(format!("section {}: {e}", source.section)))?;
     let proto = tract_onnx::onnx()
         .proto_model_for_read(&mut &source.bytes[..])
         .map_err(|e| fail(format!("section {} is not an ONNX protobuf: {e:#}", source.section)))?;
-    check_proto(&proto).map_err(fail)?;
     crate::guard::no_panic(|| load_checked(source, &proto, options)).unwrap_or_else(|panic| {
         Err(fail(format!("section {} is a malformed graph (tract panicked: {panic})", source.section)))
     })

@@ -18,6 +18,7 @@
 
 pub mod boxes;
 pub mod gate;
+mod graphs;
 pub mod manifest;
 mod runner;
 
@@ -30,12 +31,11 @@ pub use manifest::RefinerManifest;
 pub(crate) use runner::RefineRunner;
 pub use runner::RefineTimings;
 
-use crate::backend::tract::{load, run_options, GraphSource, Plan};
+use self::graphs::RefinerGraphs;
 use crate::backend::BackendChoice;
 use crate::engine::EngineOptions;
 use crate::error::{Error, Result};
 use crate::format::{EngineFile, Tag};
-use crate::manifest::{Direction, Graph};
 
 /// How a session refines its masks.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
@@ -115,12 +115,7 @@ pub struct Refiner(Arc<Inner>);
 struct Inner {
     file: EngineFile,
     manifest: RefinerManifest,
-    encoder: Plan,
-    decoder: Plan,
-    /// Whether the decoder takes `embedding` before `box`.
-    embedding_first: bool,
-    /// Position of `logits` among the decoder's outputs.
-    logits_output: usize,
+    graphs: RefinerGraphs,
 }
 
 impl std::fmt::Debug for Refiner {
@@ -140,19 +135,7 @@ impl Refiner {
         if options.backend == BackendChoice::Cuda {
             return Err(cuda_refusal(&file, &manifest));
         }
-        let run = run_options(options.threads);
-        let graph = |graph, name, section, tag| GraphSource {
-            name,
-            section,
-            bytes: file.section(tag).expect("verified files have both graphs"),
-            inputs: manifest.tensors(graph, Direction::Input).collect(),
-            outputs: manifest.tensors(graph, Direction::Output).collect(),
-        };
-        let (encoder, _, _) = load(&graph(Graph::Encoder, "refiner encoder", "ENCODER", Tag::ENCODER), &run)?;
-        let (decoder, dec_in, dec_out) =
-            load(&graph(Graph::Decoder, "refiner decoder", "DECODER", Tag::DECODER), &run)?;
-        let embedding_first = dec_in[0] == "embedding";
-        let logits_output = dec_out.iter().position(|n| n == "logits").expect("checked by load");
+        let graphs = RefinerGraphs::prepare(&file, &manifest, options.threads)?;
         log::info!(
             "opened refiner {} ({} {}, input {}², on the cpu)",
             file.path().display(),
@@ -160,7 +143,7 @@ impl Refiner {
             manifest.version,
             manifest.input_size
         );
-        Ok(Refiner(Arc::new(Inner { file, manifest, encoder, decoder, embedding_first, logits_output })))
+        Ok(Refiner(Arc::new(Inner { file, manifest, graphs })))
     }
 
     /// The manifest.
@@ -171,6 +154,11 @@ impl Refiner {
     /// Where the refiner was opened from.
     pub fn path(&self) -> &Path {
         self.0.file.path()
+    }
+
+    /// Its prepared graphs.
+    pub(crate) fn graphs(&self) -> &RefinerGraphs {
+        &self.0.graphs
     }
 
     /// Whether `other` is this refiner (the same opened file), not merely an equal one.
@@ -188,6 +176,7 @@ impl Refiner {
 /// both graphs lower, that the CUDA runner has no refiner path yet.
 #[cfg(any(feature = "cuda-12", feature = "cuda-13"))]
 fn cuda_refusal(file: &EngineFile, manifest: &RefinerManifest) -> Error {
+    use crate::manifest::{Direction, Graph};
     let advice = "use --backend cpu, or auto (the engine on the GPU, the refiner on the CPU)";
     for (graph, tag, name) in [(Graph::Encoder, Tag::ENCODER, "encoder"), (Graph::Decoder, Tag::DECODER, "decoder")] {
         let inputs: Vec<(&str, &[usize])> =
@@ -212,6 +201,7 @@ fn cuda_refusal(_: &EngineFile, _: &RefinerManifest) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::manifest::{Direction, Graph};
 
     /// What `--backend cuda` says about the committed refiner (the CUDA plan is lowered without a
     /// GPU, so this runs everywhere): the first op of each graph the plan does not lower.

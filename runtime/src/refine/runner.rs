@@ -2,14 +2,11 @@
 //! the refinement of one mask. Buffers are sized when the session takes the refiner; the memo's
 //! entries and the blob search's scratch grow with the first frames, then are reused.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tract_onnx::prelude::*;
-
 use super::boxes::{BoxFinder, BoxRule, PixelBox, MAX_BLOBS};
+use super::graphs::GraphStates;
 use super::Refiner;
-use crate::backend::tract::{fill, input_tensor, run_err, run_graph};
 use crate::error::Result;
 use crate::image::{ImageView, MaskMut, OwnedImage, PixelFormat};
 use crate::postprocess::{region_into_mask, threshold_logit, Placement};
@@ -47,11 +44,7 @@ struct Memo {
 /// The refiner's graphs and buffers for one session.
 pub(crate) struct RefineRunner {
     refiner: Refiner,
-    encoder: TypedSimpleState,
-    decoder: TypedSimpleState,
-    image: Arc<Tensor>,
-    embedding: Arc<Tensor>,
-    boxes: Arc<Tensor>,
+    graphs: GraphStates,
     /// The encoder's input, C planes of N×N.
     input: Vec<f32>,
     /// The resized frame's planes before padding.
@@ -71,14 +64,8 @@ impl RefineRunner {
     pub(crate) fn new(refiner: Refiner, capacity: usize) -> Result<RefineRunner> {
         let m = refiner.manifest();
         let (n, c, out) = (m.input_size, m.colour.channels(), m.output_size());
-        let spec = |name| m.spec(crate::manifest::Graph::Decoder, crate::manifest::Direction::Input, name);
-        let backend_err = |e: TractError| crate::Error::Backend { backend: "cpu", what: e.to_string() };
         Ok(RefineRunner {
-            encoder: refiner.0.encoder.spawn().map_err(backend_err)?,
-            decoder: refiner.0.decoder.spawn().map_err(backend_err)?,
-            image: input_tensor(&[1, c, n, n])?,
-            embedding: input_tensor(&spec("embedding").expect("validated").shape)?,
-            boxes: input_tensor(&[1, 4])?,
+            graphs: refiner.graphs().states(m)?,
             input: vec![0.0; c * n * n],
             planes: vec![0.0; c * n * n],
             logits: vec![0.0; out * out],
@@ -159,17 +146,7 @@ impl RefineRunner {
         let started = Instant::now();
         let scale = self.refiner.manifest().input_size as f32 / longer as f32;
         let b = [pixel_box.x0 * scale, pixel_box.y0 * scale, pixel_box.x1 * scale, pixel_box.y1 * scale];
-        let embedding = fill(&mut self.embedding, &self.memo[entry].embedding)?;
-        let boxes = fill(&mut self.boxes, &b)?;
-        let refiner = &self.refiner.0;
-        let inputs = if refiner.embedding_first { tvec![embedding, boxes] } else { tvec![boxes, embedding] };
-        let outputs = run_graph(&mut self.decoder, inputs, "refiner decoder")?;
-        let logits = outputs[refiner.logits_output]
-            .try_as_plain_ram()
-            .and_then(|v| v.as_slice::<f32>())
-            .map_err(|e| run_err("refiner decoder", e))?;
-        crate::Error::check_finite(logits, "refiner decoder", "the logits")?;
-        self.logits.copy_from_slice(logits);
+        self.graphs.decode(&self.memo[entry].embedding, &b, &mut self.logits)?;
         t.decoder += started.elapsed();
         Ok(())
     }
@@ -183,28 +160,26 @@ impl RefineRunner {
         }
         let started = Instant::now();
         self.prepare(frame);
-        let image = fill(&mut self.image, &self.input)?;
         t.preprocess = started.elapsed();
         let started = Instant::now();
-        let outputs = run_graph(&mut self.encoder, tvec![image], "refiner encoder")?;
-        let embedding = outputs[0]
-            .try_as_plain_ram()
-            .and_then(|v| v.as_slice::<f32>())
-            .map_err(|e| run_err("refiner encoder", e))?;
-        let slot = if self.memo.len() < self.capacity {
-            self.memo.push(Memo {
-                frame: OwnedImage::zeros(0, 0, PixelFormat::Gray8),
-                embedding: vec![0.0; embedding.len()],
-                last_used: 0,
-            });
-            self.memo.len() - 1
-        } else {
-            (0..self.memo.len()).min_by_key(|&i| self.memo[i].last_used).expect("capacity ≥ 1")
-        };
-        let entry = &mut self.memo[slot];
-        entry.embedding.copy_from_slice(embedding);
-        entry.frame.copy_from(frame);
-        entry.last_used = self.clock;
+        let (memo, capacity, clock) = (&mut self.memo, self.capacity, self.clock);
+        let mut slot = 0;
+        self.graphs.encode(&self.input, |embedding| {
+            slot = if memo.len() < capacity {
+                memo.push(Memo {
+                    frame: OwnedImage::zeros(0, 0, PixelFormat::Gray8),
+                    embedding: vec![0.0; embedding.len()],
+                    last_used: 0,
+                });
+                memo.len() - 1
+            } else {
+                (0..memo.len()).min_by_key(|&i| memo[i].last_used).expect("capacity ≥ 1")
+            };
+            let entry = &mut memo[slot];
+            entry.embedding.copy_from_slice(embedding);
+            entry.frame.copy_from(frame);
+            entry.last_used = clock;
+        })?;
         t.encoder = started.elapsed();
         Ok(slot)
     }

@@ -13,6 +13,7 @@ use crate::backend::plan::{
     BinaryKind, Op, Plan, PoolKind, ReduceKind, ResizeCoordinates, ResizeMode, Step, UnaryKind, Value, ValueKind,
     WeightData, Window,
 };
+#[cfg(feature = "tract")]
 use crate::backend::tract::TractBackend;
 use crate::engine::EngineMetadata;
 
@@ -22,6 +23,7 @@ fn bundled(name: &str) -> EngineMetadata {
 
 /// Runs one frame through `runner`: three shots encoded into the context, then a query, as a
 /// session does. Returns every shot's tokens and the logits.
+#[cfg(feature = "tract")]
 fn frame(runner: &mut dyn Runner, manifest: &Manifest, seed: u64) -> (Vec<f32>, Vec<f32>) {
     let (r, c, t, d, s) =
         (manifest.resolution, manifest.channels, manifest.tokens_per_shot, manifest.token_width, manifest.max_shots);
@@ -48,6 +50,7 @@ fn frame(runner: &mut dyn Runner, manifest: &Manifest, seed: u64) -> (Vec<f32>, 
 }
 
 /// Every bundled float engine gives tract's context and logits, within 1e-4 of their scale.
+#[cfg(feature = "tract")]
 #[test]
 fn the_bundled_float_engines_match_tract() {
     for name in ["segicl-ref.plan", "segicl-ref-fp16.plan", "prototype.plan"] {

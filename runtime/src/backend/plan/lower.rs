@@ -6,15 +6,12 @@
 //! naming the node; nothing is silently ignored.
 
 mod host;
-#[cfg(test)]
+#[cfg(all(test, feature = "tract"))]
 mod tests;
 
 use std::collections::HashMap;
 use std::fmt;
 use std::rc::Rc;
-
-use tract_onnx::pb;
-use tract_onnx::prelude::Framework;
 
 use self::host::{Data, Host};
 use super::{
@@ -22,9 +19,10 @@ use super::{
     ValueKind, Window,
 };
 use crate::backend::limits::check_len;
+use crate::backend::onnx as pb;
 
 /// ONNX element type code of f32.
-const FLOAT: i32 = pb::tensor_proto::DataType::Float as i32;
+const FLOAT: i32 = pb::DataType::Float as i32;
 
 /// Why a graph cannot be lowered: the first node (or graph property) the plan cannot express.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,10 +48,7 @@ type Result<T> = std::result::Result<T, Unsupported>;
 /// Lowers the ONNX model `onnx` with the given input shapes (by input name; an input not listed
 /// keeps the static shape the graph declares). A malformed graph is an error, never a panic.
 pub fn lower(onnx: &[u8], input_shapes: &[(&str, &[usize])]) -> Result<Plan> {
-    let model = tract_onnx::onnx()
-        .proto_model_for_read(&mut &onnx[..])
-        .map_err(|e| graph_error(format!("not an ONNX model: {e}")))?;
-    crate::backend::limits::check_proto(&model).map_err(graph_error)?;
+    let model = crate::backend::limits::decode_checked(onnx).map_err(graph_error)?;
     crate::guard::no_panic(|| lower_model(&model, input_shapes))
         .unwrap_or_else(|panic| Err(graph_error(format!("malformed graph (the lowering panicked: {panic})"))))
 }
@@ -829,19 +824,16 @@ impl<'g> Lowering<'g> {
 /// Shape of a graph input: `given`, checked against the declared dimensions, or the declared
 /// shape when it is static.
 fn input_shape(input: &pb::ValueInfoProto, given: Option<&[usize]>) -> std::result::Result<Vec<usize>, String> {
-    use pb::tensor_shape_proto::dimension::Value as Dim;
-    let Some(pb::type_proto::Value::TensorType(tensor)) = input.r#type.as_ref().and_then(|t| t.value.as_ref()) else {
+    let Some(tensor) = input.r#type.as_ref().and_then(|t| t.tensor_type.as_ref()) else {
         return Err("not a tensor".into());
     };
     if tensor.elem_type != FLOAT {
         return Err(format!("element type {} is not float", tensor.elem_type));
     }
-    let declared: Option<Vec<Option<usize>>> = tensor.shape.as_ref().map(|s| {
-        s.dim
-            .iter()
-            .map(|d| if let Some(Dim::DimValue(v)) = d.value { usize::try_from(v).ok() } else { None })
-            .collect()
-    });
+    let declared: Option<Vec<Option<usize>>> = tensor
+        .shape
+        .as_ref()
+        .map(|s| s.dim.iter().map(|d| d.dim_value.and_then(|v| usize::try_from(v).ok())).collect());
     match (given, declared) {
         (Some(given), Some(declared))
             if given.len() != declared.len()

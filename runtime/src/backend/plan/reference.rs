@@ -2,11 +2,13 @@
 //! written from the semantics `mod.rs` documents: the executable specification the GPU kernels
 //! must match (tests only). [`tract`] runs the same ONNX graph with tract, to compare.
 
-#[cfg(test)]
+#[cfg(all(test, feature = "tract"))]
 mod tests;
 
+#[cfg(feature = "tract")]
 use std::sync::Arc;
 
+#[cfg(feature = "tract")]
 use tract_onnx::prelude::*;
 
 use super::lower::unravel;
@@ -271,6 +273,7 @@ fn pad(in_shape: &[usize], before: &[usize], after: &[usize], value: f32, x: &[f
 
 /// Runs `model` with tract (optimised, as the CPU backend runs it) on the inputs of `plan`'s
 /// shapes; the outputs in graph order.
+#[cfg(feature = "tract")]
 pub fn tract(model: InferenceModel, plan: &Plan, inputs: &[&[f32]]) -> Vec<Vec<f32>> {
     let mut model = model;
     let mut values = TVec::new();

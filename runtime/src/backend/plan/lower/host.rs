@@ -3,11 +3,10 @@
 //! arithmetic). Errors are plain messages; the caller names the node.
 
 use half::f16;
-use tract_onnx::pb;
-use tract_onnx::pb::tensor_proto::DataType;
 
 use super::{broadcast_shapes, broadcast_strides, row_major_strides, unravel};
 use crate::backend::limits::check_len;
+use crate::backend::onnx::{self as pb, DataType};
 use crate::backend::plan::{BinaryKind, Op, WeightData};
 
 /// A constant tensor.
@@ -91,7 +90,7 @@ impl Host {
 
     /// Decodes an ONNX tensor (elements inline or in `raw_data`, little-endian).
     pub fn decode(t: &pb::TensorProto) -> Result<Host, String> {
-        if !t.external_data.is_empty() || t.data_location == Some(pb::tensor_proto::DataLocation::External as i32) {
+        if !t.external_data.is_empty() || t.data_location == Some(pb::DATA_LOCATION_EXTERNAL) {
             return Err("its data is in an external file".into());
         }
         let shape = t

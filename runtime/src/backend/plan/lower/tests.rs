@@ -5,7 +5,7 @@ use tract_onnx::pb;
 use tract_onnx::pb::attribute_proto::AttributeType;
 use tract_onnx::prelude::Framework;
 
-use super::{lower, lower_model, Unsupported};
+use super::{lower, Result, Unsupported};
 use crate::backend::plan::reference;
 use crate::backend::plan::{Op, Plan, ValueKind, WeightData, Window};
 
@@ -91,12 +91,17 @@ fn single(
     model(17, &[("x", shape)], initializer, vec![node(op, inputs, "y", attrs)])
 }
 
+/// `model` encoded by tract's protobuf types and lowered from the bytes, as an engine's are.
+fn lower_encoded(model: &pb::ModelProto) -> Result<Plan> {
+    lower(&prost::Message::encode_to_vec(model), &[])
+}
+
 fn lowered(model: &pb::ModelProto) -> Plan {
-    lower_model(model, &[]).unwrap_or_else(|e| panic!("{e}"))
+    lower_encoded(model).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn refused(model: &pb::ModelProto) -> Unsupported {
-    lower_model(model, &[]).expect_err("the lowering should refuse this graph")
+    lower_encoded(model).expect_err("the lowering should refuse this graph")
 }
 
 /// The single step of a plan.

@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use segicl::backend::DeviceTimings;
-use segicl::synthetic::Task;
 use segicl::{MaskMut, OwnedImage, PixelFormat};
+use segicl_eval::synthetic::Task;
 
 use crate::{Global, RefineArgs};
-use segicl::evaluation::synthetic_samples;
+use segicl_eval::evaluation::synthetic_samples;
 
 /// Arguments of `bench`.
 #[derive(clap::Args)]
@@ -61,8 +61,8 @@ fn refine_rows(
     engine: &segicl::Engine,
     refiner: &segicl::Refiner,
     options: segicl::RefineOptions,
-    shots: &[segicl::evaluation::Labelled],
-    frames: &[segicl::evaluation::Labelled],
+    shots: &[segicl_eval::evaluation::Labelled],
+    frames: &[segicl_eval::evaluation::Labelled],
     count: usize,
 ) -> anyhow::Result<Vec<(&'static str, Stats)>> {
     let mut session = engine.session()?;

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use segicl::synthetic::Task;
+use segicl_eval::synthetic::Task;
 
 fn engine() -> String {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/prototype.plan");
@@ -32,7 +32,7 @@ fn driver_present() -> bool {
 
 /// Arguments that segment one synthetic frame from two shots written under `dir`.
 fn segment_args(dir: &Path) -> Vec<String> {
-    segicl::evaluation::write_synthetic(dir, Task::UsLesion, 1..4).unwrap();
+    segicl_eval::evaluation::write_synthetic(dir, Task::UsLesion, 1..4).unwrap();
     let file = |kind: &str, n: u64| dir.join(format!("{kind}/{n}.png")).to_str().unwrap().to_string();
     let shot = |n| format!("{}={}", file("images", n), file("masks", n));
     let out = dir.join("out").to_str().unwrap().to_string();

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::bail;
-use segicl::evaluation::write_synthetic;
-use segicl::synthetic::Task;
+use segicl_eval::evaluation::write_synthetic;
+use segicl_eval::synthetic::Task;
 
 /// Arguments of `synth`.
 #[derive(clap::Args)]

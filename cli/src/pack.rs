@@ -1,14 +1,15 @@
 //! `pack`: manifest + encoder + decoder (+ card, default shots) → engine file, then a check that
 //! the graphs load and match the manifest.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use segicl::manifest::Manifest;
-use segicl::pack::{shots_from_dir, EngineParts};
-use segicl::shots::DefaultShots;
+use segicl::manifest::{Manifest, MAX_SHOTS};
+use segicl::pack::{stored_shot, EngineParts};
+use segicl::shots::{DefaultShots, StoredShot};
 use segicl::{BackendChoice, Engine, EngineOptions};
+use segicl_eval::dataset;
 
 /// The manifest, graphs and card that `pack` and `pack-refiner` read.
 #[derive(clap::Args)]
@@ -96,4 +97,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     println!("wrote {} ({} bytes)", args.out.display(), std::fs::metadata(&args.out)?.len());
     Ok(ExitCode::SUCCESS)
+}
+
+/// The first three image/mask pairs of `dir` (in stem order) as stored shots at `side`×`side`.
+fn shots_from_dir(dir: &Path, side: usize) -> anyhow::Result<Vec<StoredShot>> {
+    let mut shots = Vec::new();
+    for pair in dataset::pairs(dir)?.iter().take(MAX_SHOTS) {
+        let image = dataset::load_image(&pair.image)?;
+        let mask = dataset::load_mask(&pair.mask)?;
+        let shot = stored_shot(&image.view(), &mask.view(), side);
+        shots.push(shot.with_context(|| pair.image.display().to_string())?);
+    }
+    Ok(shots)
 }

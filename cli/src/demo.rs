@@ -6,12 +6,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use segicl::dataset::save_png;
 use segicl::metrics::mean_std;
-use segicl::synthetic::{self, SceneKind, Task};
+use segicl_eval::dataset::save_png;
+use segicl_eval::synthetic::{self, SceneKind, Task};
 
 use crate::{bundled, draw, Global, BUNDLED_REFINER};
-use segicl::evaluation::{score, set_shots, synthetic_samples, Labelled};
+use segicl_eval::evaluation::{score, set_shots, synthetic_samples, Labelled};
 
 /// Arguments of `demo`.
 #[derive(clap::Args)]

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use segicl::dataset::{load_image, load_mask, save_png};
 use segicl::{MaskMut, OwnedImage, PixelFormat};
+use segicl_eval::dataset::{load_image, load_mask, save_png};
 
 use crate::{draw, Global, RefineArgs, RoiArgs};
 

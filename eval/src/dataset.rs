@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 
 use image::ImageEncoder;
 
-use crate::error::{Error, Result};
-use crate::image::{OwnedImage, PixelFormat};
+use segicl::error::{Error, Result};
+use segicl::image::{OwnedImage, PixelFormat};
 
 /// An image file and its mask file, paired by file stem.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,5 +95,5 @@ pub fn save_png(path: &Path, img: &OwnedImage) -> Result<()> {
     image::codecs::png::PngEncoder::new(&mut png)
         .write_image(&img.data, img.width as u32, img.height as u32, color)
         .map_err(|e| Error::invalid(format!("{}: cannot encode PNG: {e}", path.display())))?;
-    crate::format::write_atomically(path, &png)
+    segicl::format::write_atomically(path, &png)
 }

@@ -8,11 +8,11 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::dataset::{load_image, load_mask, pairs, save_png};
-use crate::error::{Error, Result};
-use crate::image::{MaskMut, OwnedImage, PixelFormat};
-use crate::metrics::{overlap, Overlap};
-use crate::session::Session;
 use crate::synthetic::{self, Task};
+use segicl::error::{Error, Result};
+use segicl::image::{MaskMut, OwnedImage, PixelFormat};
+use segicl::metrics::{overlap, Overlap};
+use segicl::session::Session;
 
 /// An image with its reference mask (gray8, same size).
 #[derive(Debug, Clone)]
@@ -86,7 +86,7 @@ pub fn score(session: &mut Session, query: &Labelled) -> Result<(Overlap, OwnedI
 
 /// Replaces the session's context with the shots `chosen` of `data` (slots 0.., the rest cleared).
 pub fn set_shots(session: &mut Session, data: &[Labelled], chosen: &[usize]) -> Result<()> {
-    for slot in 0..crate::manifest::MAX_SHOTS {
+    for slot in 0..segicl::manifest::MAX_SHOTS {
         session.clear_shot(slot)?;
     }
     for (slot, &i) in chosen.iter().enumerate() {

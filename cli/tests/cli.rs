@@ -3,10 +3,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use segicl::dataset::save_png;
 use segicl::format::{EngineFile, Tag};
-use segicl::synthetic::Task;
 use segicl::{OwnedImage, PixelFormat};
+use segicl_eval::dataset::save_png;
+use segicl_eval::synthetic::Task;
 
 fn engine() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/prototype.plan")
@@ -22,7 +22,7 @@ fn text(o: &Output) -> String {
 
 /// Writes synthetic `task` samples `seeds` as `dir/images/N.png` and `dir/masks/N.png`.
 fn write_samples(dir: &Path, task: Task, seeds: std::ops::Range<u64>) {
-    segicl::evaluation::write_synthetic(dir, task, seeds).unwrap();
+    segicl_eval::evaluation::write_synthetic(dir, task, seeds).unwrap();
 }
 
 fn p(path: &Path) -> &str {

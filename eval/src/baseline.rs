@@ -1,8 +1,8 @@
 //! Training-free baselines that an in-context engine has to beat, scored on the same draws.
 
-use crate::error::{Error, Result};
-use crate::image::{ImageView, MaskMut, PixelFormat};
-use crate::preprocess::mask_coverage;
+use segicl::error::{Error, Result};
+use segicl::image::{ImageView, MaskMut, PixelFormat};
+use segicl::preprocess::mask_coverage;
 
 /// "Copy the shots": the mean of the shots' gray8 masks (≥ 128 foreground), each area-resized to
 /// `out`'s size, written to `out` as 255 where the mean is at least 0.5 and 0 elsewhere. It knows

@@ -12,11 +12,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rand::seq::index::sample;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use segicl::baseline::copy_shots;
-use segicl::evaluation::{load_labelled, score, set_shots, synthetic_samples, Labelled};
 use segicl::metrics::{mean_std, overlap, Overlap};
-use segicl::synthetic::Task;
 use segicl::{Engine, ImageView, MaskMut, Session};
+use segicl_eval::baseline::copy_shots;
+use segicl_eval::evaluation::{load_labelled, score, set_shots, synthetic_samples, Labelled};
+use segicl_eval::synthetic::Task;
 
 use crate::{bundled, Global, RefineArgs, RoiArgs, PROTOTYPE_ENGINE};
 

@@ -15,7 +15,7 @@ use std::f64::consts::{FRAC_PI_2, PI, TAU};
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::image::{OwnedImage, PixelFormat};
+use segicl::image::{OwnedImage, PixelFormat};
 
 const US_WIDTH: usize = 320;
 const US_HEIGHT: usize = 256;
