@@ -65,8 +65,8 @@ py=$venv/bin/python
 
 # 2. The binary (given, or a release build) and the FMA peak probe.
 if [[ -z $SEGICL_EDGE ]]; then
-    echo "== cargo build --release -p segicl --bin segicl-edge (set SEGICL_EDGE to skip)"
-    cargo build --release -p segicl --bin segicl-edge
+    echo "== cargo build --release -p segicl-edge --bin segicl-edge (set SEGICL_EDGE to skip)"
+    cargo build --release -p segicl-edge --bin segicl-edge
     SEGICL_EDGE=$(abs "${CARGO_TARGET_DIR:-target}/release/segicl-edge")
 fi
 [[ -x $SEGICL_EDGE ]] || die "segicl-edge binary not found or not executable: $SEGICL_EDGE"
