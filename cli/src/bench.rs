@@ -35,9 +35,39 @@ pub struct Args {
     /// on one CPU core).
     #[arg(long, default_value_t = 10, requires = "refine")]
     refine_frames: usize,
+    /// Frames of this size (WIDTHxHEIGHT, e.g. 1920x1080) instead of the synthetic task's own
+    /// (320×256): its frames scaled by nearest neighbour, to time pre- and post-processing at a
+    /// camera's resolution. The shots keep their size.
+    #[arg(long, value_parser = parse_size)]
+    frame_size: Option<(usize, usize)>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+/// `WIDTHxHEIGHT` → (width, height), each 1 to 16384.
+fn parse_size(text: &str) -> Result<(usize, usize), String> {
+    let bad = || format!("`{text}` is not WIDTHxHEIGHT (e.g. 1920x1080, each 1 to 16384)");
+    let (w, h) = text.split_once(['x', '×']).ok_or_else(bad)?;
+    let (w, h): (usize, usize) = (w.parse().map_err(|_| bad())?, h.parse().map_err(|_| bad())?);
+    if !(1..=16384).contains(&w) || !(1..=16384).contains(&h) {
+        return Err(bad());
+    }
+    Ok((w, h))
+}
+
+/// `image` scaled to `width`×`height` by nearest neighbour.
+fn scaled(image: &OwnedImage, (width, height): (usize, usize)) -> OwnedImage {
+    let bpp = image.format.bytes_per_pixel();
+    let mut out = OwnedImage::zeros(width, height, image.format);
+    for (y, row) in out.data.chunks_exact_mut(width * bpp).enumerate() {
+        let src = &image.data[(y * image.height / height) * image.width * bpp..][..image.width * bpp];
+        for (x, px) in row.chunks_exact_mut(bpp).enumerate() {
+            let sx = x * image.width / width;
+            px.copy_from_slice(&src[sx * bpp..(sx + 1) * bpp]);
+        }
+    }
+    out
 }
 
 /// Percentiles and mean of a set of durations, in milliseconds.
@@ -135,7 +165,12 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
     let gflop = frame_gflop(engine.path());
     let mut session = engine.session()?;
     let shots = synthetic_samples(task, 1, args.shots);
-    let frames = synthetic_samples(task, 500, 8);
+    let mut frames = synthetic_samples(task, 500, 8);
+    if let Some(size) = args.frame_size {
+        for frame in &mut frames {
+            frame.image = scaled(&frame.image, size);
+        }
+    }
     let (w, h) = (frames[0].image.width, frames[0].image.height);
     let mut mask = OwnedImage::zeros(w, h, PixelFormat::Gray8);
 

@@ -91,30 +91,36 @@ pub fn frame_planes(frame: &ImageView, colour: ColourRule, (width, height): (usi
     const S: f32 = 1.0 / 255.0;
     for (c, dst) in out.chunks_exact_mut(plane).enumerate() {
         match (frame.format(), colour) {
-            (PixelFormat::Gray8, _) => resample(frame, size, dst, |d: &[u8], i: usize| d[i] as f32 * S),
-            (PixelFormat::Gray16, _) => resample(frame, size, dst, |d: &[u8], i: usize| {
-                u16::from_ne_bytes([d[i], d[i + 1]]) as f32 * (1.0 / 65535.0)
-            }),
-            (_, ColourRule::Luma) => resample(frame, size, dst, |d: &[u8], i: usize| {
-                (0.299 * d[i + r] as f32 + 0.587 * d[i + g] as f32 + 0.114 * d[i + b] as f32) * S
-            }),
-            (_, ColourRule::Green) => resample(frame, size, dst, |d: &[u8], i: usize| d[i + g] as f32 * S),
-            (_, ColourRule::Rgb) => {
-                let k = [r, g, b][c];
-                resample(frame, size, dst, |d: &[u8], i: usize| d[i + k] as f32 * S)
+            (PixelFormat::Gray8, _) => resample::<1>(frame, size, dst, |p| p[0] as f32 * S),
+            (PixelFormat::Gray16, _) => {
+                resample::<2>(frame, size, dst, |p| u16::from_ne_bytes([p[0], p[1]]) as f32 * (1.0 / 65535.0))
+            }
+            (format, ColourRule::Luma) => {
+                let luma = |p: &[u8]| (0.299 * p[r] as f32 + 0.587 * p[g] as f32 + 0.114 * p[b] as f32) * S;
+                match format {
+                    PixelFormat::Rgba8 => resample::<4>(frame, size, dst, luma),
+                    _ => resample::<3>(frame, size, dst, luma),
+                }
+            }
+            (format, rule) => {
+                let k = if rule == ColourRule::Green { g } else { [r, g, b][c] };
+                match format {
+                    PixelFormat::Rgba8 => resample::<4>(frame, size, dst, |p| p[k] as f32 * S),
+                    _ => resample::<3>(frame, size, dst, |p| p[k] as f32 * S),
+                }
             }
         }
     }
 }
 
-/// Area-resizes one channel of `frame` into `dst` of `size`; `px(bytes, i)` reads the channel of
-/// the pixel whose first byte is `bytes[i]`.
+/// Area-resizes one channel of `frame`, whose pixels are `N` bytes, into `dst` of `size`;
+/// `px(bytes)` reads the channel from a pixel's bytes.
 #[inline]
-fn resample(frame: &ImageView, size: (usize, usize), dst: &mut [f32], px: impl Fn(&[u8], usize) -> f32) {
-    let (bytes, stride, bpp) = (frame.bytes(), frame.stride(), frame.format().bytes_per_pixel());
-    area_resize((frame.width(), frame.height()), size, dst, |x, y| px(bytes, y * stride + x * bpp));
+fn resample<const N: usize>(frame: &ImageView, size: (usize, usize), dst: &mut [f32], px: impl Fn(&[u8]) -> f32) {
+    debug_assert_eq!(frame.format().bytes_per_pixel(), N);
+    let pixels = Pixels::<N, _> { bytes: frame.bytes(), stride: frame.stride(), width: frame.width(), px };
+    area_resize_rows((frame.width(), frame.height()), size, dst, &pixels);
 }
-
 /// Normalises `values` (channel planes of `plane` floats each) in place by `rule`: min-max over
 /// all of them (a flat image becomes zeros) or mean/std per plane.
 pub fn normalise(rule: &Normalisation, plane: usize, values: &mut [f32]) {
@@ -138,7 +144,7 @@ pub fn normalise(rule: &Normalisation, plane: usize, values: &mut [f32]) {
 /// fraction of it that the mask's foreground (≥ 128) covers.
 pub fn mask_coverage(mask: &ImageView, size: (usize, usize), out: &mut [f32]) {
     debug_assert_eq!(mask.format(), PixelFormat::Gray8);
-    area_resize((mask.width(), mask.height()), size, out, |x, y| if mask.row(y)[x] >= 128 { 1.0 } else { 0.0 });
+    resample::<1>(mask, size, out, |p| if p[0] >= 128 { 1.0 } else { 0.0 });
 }
 
 /// Turns the foreground coverage of each grid pixel (0..=1) into 0/1: foreground when at least
@@ -153,28 +159,123 @@ pub fn binarise_coverage(coverage: &mut [f32]) {
 /// (row-major in `out`) by exact area averaging: each output pixel is the mean of the source over
 /// its footprint, partial pixels weighted by the fraction covered.
 pub fn area_resize(
+    size: (usize, usize),
+    out_size: (usize, usize),
+    out: &mut [f32],
+    sample: impl Fn(usize, usize) -> f32,
+) {
+    area_resize_rows(size, out_size, out, &Samples(sample));
+}
+
+/// What [`area_resize_rows`] reads: samples, and spans of a row's samples added one by one in
+/// column order (so every way of reading gives the same sums, bit for bit).
+trait Source {
+    /// The sample at column `x` of row `y`.
+    fn sample(&self, x: usize, y: usize) -> f32;
+
+    /// `acc` plus the samples of row `y` at columns `xs`, added in order.
+    fn add_span(&self, y: usize, xs: std::ops::Range<usize>, acc: f32) -> f32 {
+        xs.fold(acc, |acc, x| acc + self.sample(x, y))
+    }
+
+    /// [`Source::add_span`] for rows `y..y + K` at once, one sum per row.
+    fn add_spans<const K: usize>(&self, y: usize, xs: std::ops::Range<usize>, acc: [f32; K]) -> [f32; K] {
+        std::array::from_fn(|j| self.add_span(y + j, xs.clone(), acc[j]))
+    }
+}
+
+/// A source read through a closure of (column, row).
+struct Samples<F>(F);
+
+impl<F: Fn(usize, usize) -> f32> Source for Samples<F> {
+    fn sample(&self, x: usize, y: usize) -> f32 {
+        (self.0)(x, y)
+    }
+}
+
+/// One channel of an image whose pixels are `N` bytes, rows `stride` bytes apart; `px` reads
+/// the channel from a pixel's bytes. Spans are plain passes over row slices, and [`ROWS`] rows
+/// are summed in one pass: independent chains of additions (vectorised across the rows) instead
+/// of one, since a single chain waits on each addition's latency.
+struct Pixels<'a, const N: usize, P> {
+    bytes: &'a [u8],
+    stride: usize,
+    width: usize,
+    px: P,
+}
+
+impl<const N: usize, P: Fn(&[u8]) -> f32> Pixels<'_, N, P> {
+    /// Columns `xs` of row `y`, as bytes.
+    #[inline]
+    fn span(&self, y: usize, xs: std::ops::Range<usize>) -> &[u8] {
+        debug_assert!(xs.end <= self.width);
+        &self.bytes[y * self.stride + xs.start * N..y * self.stride + xs.end * N]
+    }
+}
+
+impl<const N: usize, P: Fn(&[u8]) -> f32> Source for Pixels<'_, N, P> {
+    #[inline]
+    fn sample(&self, x: usize, y: usize) -> f32 {
+        (self.px)(self.span(y, x..x + 1))
+    }
+
+    #[inline]
+    fn add_span(&self, y: usize, xs: std::ops::Range<usize>, acc: f32) -> f32 {
+        self.span(y, xs).chunks_exact(N).fold(acc, |acc, p| acc + (self.px)(p))
+    }
+
+    #[inline]
+    fn add_spans<const K: usize>(&self, y: usize, xs: std::ops::Range<usize>, acc: [f32; K]) -> [f32; K] {
+        let rows: [&[u8]; K] = std::array::from_fn(|j| self.span(y + j, xs.clone()));
+        let mut acc = acc;
+        for i in (0..rows[0].len()).step_by(N) {
+            for (a, row) in acc.iter_mut().zip(rows) {
+                *a += (self.px)(&row[i..i + N]);
+            }
+        }
+        acc
+    }
+}
+
+/// Rows of a footprint summed in one pass (see [`Pixels`]).
+const ROWS: usize = 8;
+
+/// [`area_resize`] from any [`Source`].
+#[inline]
+fn area_resize_rows(
     (width, height): (usize, usize),
     (out_width, out_height): (usize, usize),
     out: &mut [f32],
-    sample: impl Fn(usize, usize) -> f32,
+    source: &impl Source,
 ) {
     debug_assert_eq!(out.len(), out_width * out_height);
     let sx = width as f32 / out_width as f32;
     let sy = height as f32 / out_height as f32;
+    // The sum over one row of an output pixel's footprint, from `start` (its first sample).
+    let finish = |xs: &Span, y: usize, sum: f32| {
+        if xs.end - xs.first > 1 {
+            sum + source.sample(xs.end - 1, y) * xs.w_last
+        } else {
+            sum
+        }
+    };
     for oy in 0..out_height {
         let ys = Span::new(oy, sy, height);
         for ox in 0..out_width {
             let xs = Span::new(ox, sx, width);
+            let middle = xs.first + 1..(xs.end - 1).max(xs.first + 1);
+            let start = |y: usize| source.sample(xs.first, y) * xs.w_first;
             let mut acc = 0.0f32;
-            for y in ys.first..ys.end {
-                let mut row = sample(xs.first, y) * xs.w_first;
-                if xs.end - xs.first > 1 {
-                    for x in xs.first + 1..xs.end - 1 {
-                        row += sample(x, y);
-                    }
-                    row += sample(xs.end - 1, y) * xs.w_last;
+            let mut y = ys.first;
+            while y + ROWS <= ys.end {
+                let sums = source.add_spans::<ROWS>(y, middle.clone(), std::array::from_fn(|j| start(y + j)));
+                for (j, sum) in sums.into_iter().enumerate() {
+                    acc += ys.weight(y + j) * finish(&xs, y + j, sum);
                 }
-                acc += ys.weight(y) * row;
+                y += ROWS;
+            }
+            for y in y..ys.end {
+                acc += ys.weight(y) * finish(&xs, y, source.add_span(y, middle.clone(), start(y)));
             }
             out[oy * out_width + ox] = acc / (xs.len * ys.len);
         }
@@ -224,6 +325,50 @@ impl Span {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn row_passes_give_the_per_sample_sums_bit_for_bit() {
+        // frame_planes reads rows as slices, several rows at once; area_resize with a closure
+        // reads one sample at a time. Footprints from under one pixel to 20 rows tall.
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let formats =
+            [PixelFormat::Gray8, PixelFormat::Gray16, PixelFormat::Rgb8, PixelFormat::Bgr8, PixelFormat::Rgba8];
+        for case in 0..60 {
+            let format = formats[case % formats.len()];
+            let (w, h) = (rng.random_range(1..400), rng.random_range(1..400));
+            let out = (rng.random_range(1..40), rng.random_range(1..40));
+            let bpp = format.bytes_per_pixel();
+            let stride = w * bpp + rng.random_range(0..5);
+            let data: Vec<u8> = (0..stride * h).map(|_| rng.random()).collect();
+            let frame = ImageView::new(&data, w, h, stride, format).unwrap();
+            for colour in [ColourRule::Luma, ColourRule::Green, ColourRule::Rgb] {
+                let mut got = vec![0.0f32; colour.channels() * out.0 * out.1];
+                frame_planes(&frame, colour, out, &mut got);
+                for (c, plane) in got.chunks_exact(out.0 * out.1).enumerate() {
+                    let mut want = vec![0.0f32; out.0 * out.1];
+                    area_resize((w, h), out, &mut want, |x, y| {
+                        let p = &data[y * stride + x * bpp..][..bpp];
+                        const S: f32 = 1.0 / 255.0;
+                        match format {
+                            PixelFormat::Gray8 => return p[0] as f32 * S,
+                            PixelFormat::Gray16 => return u16::from_ne_bytes([p[0], p[1]]) as f32 * (1.0 / 65535.0),
+                            _ => {}
+                        }
+                        let (r, g, b) =
+                            if format == PixelFormat::Bgr8 { (p[2], p[1], p[0]) } else { (p[0], p[1], p[2]) };
+                        match colour {
+                            ColourRule::Luma => (0.299 * r as f32 + 0.587 * g as f32 + 0.114 * b as f32) * S,
+                            ColourRule::Green => g as f32 * S,
+                            ColourRule::Rgb => [r, g, b][c] as f32 * S,
+                        }
+                    });
+                    let same = plane.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "case {case}: {format:?} {w}×{h} → {out:?}, {colour:?} plane {c}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn area_resize_halves_by_averaging_blocks() {

@@ -69,11 +69,13 @@ fn write_inputs(dir: &Path) -> (usize, usize) {
 
 /// Builds `libsegicl.so` into `lib` with the cargo running this test and the test's profile:
 /// `cargo test` builds the crate only as a test harness, never its cdylib, and a library left
-/// from an earlier build may be stale.
+/// from an earlier build may be stale. The build selects what `cargo test --workspace` selects
+/// (every package, with dev-dependencies), so it resolves the same features and reuses what that
+/// run compiled; `-p segicl-ffi` alone resolves them differently and compiles tract again.
 fn build_library(lib: &Path) {
     let profile = lib.file_name().and_then(|n| n.to_str()).expect("target/<profile>");
     let mut cargo = Command::new(env!("CARGO"));
-    cargo.args(["build", "--quiet", "-p", "segicl-ffi"]);
+    cargo.args(["build", "--quiet", "--workspace", "--lib", "--tests"]);
     match profile {
         "debug" => {}
         "release" => {
@@ -84,7 +86,7 @@ fn build_library(lib: &Path) {
         }
     }
     let status = cargo.status().expect("cargo runs");
-    assert!(status.success(), "`cargo build -p segicl-ffi` failed: {status}");
+    assert!(status.success(), "`cargo build --workspace --lib --tests` failed: {status}");
     assert!(lib.join("libsegicl.so").is_file(), "{} is missing after the build", lib.join("libsegicl.so").display());
 }
 

@@ -9,6 +9,8 @@
 
 /// The tile kernel this CPU runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+// Only x86-64 detects (constructs) the AVX kernels; elsewhere they are never chosen.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub enum Isa {
     /// 8 rows × 32 columns, sixteen 512-bit accumulators.
     Avx512,
