@@ -240,7 +240,7 @@ mod tests {
         let mut got = vec![9u8; w * h];
         logits_to_mask(&logits, r, 0.1, &mut MaskMut::packed(&mut got, w, h).unwrap());
         assert!(got == want);
-        assert!(got.iter().any(|&v| v == 255) && got.iter().any(|&v| v == 0));
+        assert!(got.contains(&255) && got.contains(&0));
     }
 
     #[test]
