@@ -4,10 +4,12 @@
 //! CPU executor (the default backend for float engines) allocate nothing: a whole frame makes no
 //! allocation after warm-up. tract (`--backend tract`, and the refiner) allocates each op's
 //! output tensor on every run: those allocations must not grow from frame to frame, and must all
-//! be freed by the end of the frame (nothing retained).
+//! be freed by the end of the frame (nothing retained). With `threads` > 1 the native
+//! executor's worker threads (named `segicl-cpu-N`) allocate nothing per frame either.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use segicl::cache::ContextCache;
 use segicl::postprocess::logits_to_mask;
@@ -27,11 +29,35 @@ thread_local! {
     static LIVE_BYTES: Cell<isize> = const { Cell::new(0) };
 }
 
-/// Adds one allocation (if `new`) and `bytes` live bytes when this thread is armed.
+/// Allocations made by the native executor's worker threads, armed or not (only the test of
+/// several threads starts any).
+static WORKER_ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// Whether this thread is one of the native executor's workers, once known.
+    static WORKER: Cell<Option<bool>> = const { Cell::new(None) };
+}
+
+/// Whether this thread is a native executor worker (by its name, looked up once).
+fn is_worker() -> bool {
+    WORKER.with(|w| {
+        w.get().unwrap_or_else(|| {
+            w.set(Some(false)); // in case the lookup allocates: no recursion
+            let worker = std::thread::current().name().is_some_and(|n| n.starts_with("segicl-cpu-"));
+            w.set(Some(worker));
+            worker
+        })
+    })
+}
+
+/// Adds one allocation (if `new`) and `bytes` live bytes when this thread is armed; counts a
+/// worker thread's allocations in [`WORKER_ALLOCATIONS`].
 fn record(new: bool, bytes: isize) {
     if ARMED.with(Cell::get) {
         ALLOCATIONS.with(|n| n.set(n.get() + new as usize));
         LIVE_BYTES.with(|b| b.set(b.get() + bytes));
+    } else if new && is_worker() {
+        WORKER_ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -196,4 +222,19 @@ fn the_box_search_allocates_nothing_after_its_first_frame() {
     let logits: Vec<f32> = (0..64 * 64).map(|i| (i % 5) as f32 - 2.0).collect();
     let ((), n, _) = count(|| segicl::postprocess::region_to_mask(&logits, 64, (64, 40), 0.0, &mut view));
     assert_eq!(n, 0, "upsampling a region allocated");
+}
+
+#[test]
+fn a_frame_on_two_threads_allocates_nothing_on_either() {
+    let engine =
+        Engine::open(segicl_tests::reference_path(), &EngineOptions { backend: BackendChoice::Cpu, threads: 2 })
+            .unwrap();
+    let mut s = engine.session().unwrap();
+    session_allocations(&mut s, Task::FundusCup, |_| {}); // the worker started and warmed up
+    let before = WORKER_ALLOCATIONS.load(Ordering::Relaxed);
+    let counts = session_allocations(&mut s, Task::FundusCup, |_| {});
+    let workers = WORKER_ALLOCATIONS.load(Ordering::Relaxed) - before;
+    eprintln!("segicl-ref on 2 threads: allocations per frame {counts:?}, by the worker {workers}");
+    assert!(counts.iter().all(|&n| n == 0), "{counts:?}");
+    assert_eq!(workers, 0, "the worker thread allocated while shots and frames ran");
 }

@@ -95,13 +95,8 @@ pub fn prepare(
     manifest: &Manifest,
     threads: usize,
 ) -> Result<Box<dyn Backend>> {
-    let native = || -> Result<Box<dyn Backend>> {
-        let backend = native::NativeBackend::prepare(file, manifest)?;
-        if threads > 1 {
-            log::warn!("cpu: the native executor runs on one thread; {threads} threads apply to tract only");
-        }
-        Ok(Box::new(backend))
-    };
+    let native =
+        || -> Result<Box<dyn Backend>> { Ok(Box::new(native::NativeBackend::prepare(file, manifest, threads)?)) };
     let tract = || prepare_tract(file, manifest, threads);
     let suggest = |e: Error, other: &str| match e {
         Error::Backend { backend, what } => Error::Backend {

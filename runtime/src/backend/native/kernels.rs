@@ -3,13 +3,21 @@
 //! compiled (`check.rs`), and slices keep every access bounds-checked.
 
 use super::gemm::{self, Epilogue, Isa, Matrix, Panel};
+use super::pool::Threads;
 use super::program::{Columns, ConvExtra, Extra, Place, Program, Slot, Step, MAX_AXES};
 use crate::backend::plan::{BinaryKind, Op, PoolKind, ReduceKind, UnaryKind, Window};
 
 /// Runs every step of `program` in `arena` (at least `program.arena_end` floats, its inputs
-/// written) with `scratch` (at least `program.scratch` floats); adds each step's time to
-/// `profile` (one entry per step) when given.
-pub fn run(program: &Program, arena: &mut [f32], scratch: &mut [f32], mut profile: Option<&mut [std::time::Duration]>) {
+/// written) with `scratch` (at least `program.scratch` floats), the convolutions and matrix
+/// products split over `threads`; adds each step's time to `profile` (one entry per step) when
+/// given.
+pub fn run(
+    program: &Program,
+    arena: &mut [f32],
+    scratch: &mut [f32],
+    threads: &Threads,
+    mut profile: Option<&mut [std::time::Duration]>,
+) {
     assert!(arena.len() >= program.arena_end, "the arena holds the program");
     let (base, arena_len) = (arena.as_mut_ptr(), arena.len());
     let constants = &program.constants[..];
@@ -30,15 +38,50 @@ pub fn run(program: &Program, arena: &mut [f32], scratch: &mut [f32], mut profil
         // SAFETY: in bounds (checked above) and disjoint from every slot the step reads.
         let out = unsafe { std::slice::from_raw_parts_mut(base.add(at), step.output.len) };
         let started = profile.is_some().then(std::time::Instant::now);
-        execute(program.isa, step, &read, out, scratch);
+        execute(program.isa, step, &read, out, scratch, threads);
         if let (Some(times), Some(started)) = (profile.as_deref_mut(), started) {
             times[i] += started.elapsed();
         }
     }
 }
 
+/// Floats of the scratch each thread needs for its B panels in `program` (see [`Threads`]).
+pub fn panel_len(program: &Program) -> usize {
+    let nr = program.isa.nr();
+    let panel = |step: &Step| match (&step.op, &step.extra) {
+        (&Op::Conv { c_in, window, groups, .. }, Extra::Conv(extra)) if extra.packed.is_some() => {
+            c_in / groups * window.kernel[0] * window.kernel[1] * nr
+        }
+        (&Op::MatMul { n, k, .. }, _) if n >= SMALL_N => k * nr,
+        _ => 0,
+    };
+    program.steps.iter().map(panel).max().unwrap_or(0)
+}
+
+/// Floats of scratch the im2col convolutions of `program` need when they are split over
+/// threads (their B panels built all at once): at least `program.scratch` with one thread.
+pub fn im2col_len(program: &Program) -> usize {
+    let nr = program.isa.nr();
+    let built = |step: &Step| match (&step.op, &step.extra) {
+        (&Op::Conv { c_in, window, groups, .. }, Extra::Conv(extra))
+            if extra.packed.is_some() && extra.columns == Columns::Im2col =>
+        {
+            c_in / groups * window.kernel[0] * window.kernel[1] * (window.out_h * window.out_w).div_ceil(nr) * nr
+        }
+        _ => 0,
+    };
+    program.steps.iter().map(built).max().unwrap_or(0)
+}
+
 /// One step.
-fn execute<'m>(isa: Isa, step: &Step, read: &dyn Fn(&Slot) -> &'m [f32], out: &mut [f32], scratch: &mut [f32]) {
+fn execute<'m>(
+    isa: Isa,
+    step: &Step,
+    read: &dyn Fn(&Slot) -> &'m [f32],
+    out: &mut [f32],
+    scratch: &mut [f32],
+    threads: &Threads,
+) {
     let x = |i: usize| read(&step.inputs[i]);
     let opt = |i: usize| step.inputs.get(i).map(read);
     match &step.op {
@@ -46,13 +89,13 @@ fn execute<'m>(isa: Isa, step: &Step, read: &dyn Fn(&Slot) -> &'m [f32], out: &m
             let Extra::Conv(extra) = &step.extra else { unreachable!("compiled convolutions carry ConvExtra") };
             let packed = extra.packed.as_ref().map(read);
             let residual = extra.residual.as_ref().map(read);
-            conv(isa, &step.op, extra, [x(0), x(1)], packed, opt(2), residual, out, scratch)
+            conv(isa, &step.op, extra, [x(0), x(1)], packed, opt(2), residual, out, scratch, threads)
         }
         &Op::MatMul { batch, m, n, k, a_batch_stride, b_batch_stride } => {
             let (a, b) = (x(0), x(1));
             for i in 0..batch {
                 let (a, b) = (&a[i * a_batch_stride..][..m * k], &b[i * b_batch_stride..][..k * n]);
-                matmul(isa, [m, n, k], a, b, &mut out[i * m * n..][..m * n], scratch);
+                matmul(isa, [m, n, k], a, b, &mut out[i * m * n..][..m * n], scratch, threads);
             }
         }
         Op::Binary { kind, shape, a_strides, b_strides } => {
@@ -308,8 +351,17 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-/// out (m×n) = a (m×k) · b (k×n), all dense.
-fn matmul(isa: Isa, [m, n, k]: [usize; 3], a: &[f32], b: &[f32], out: &mut [f32], scratch: &mut [f32]) {
+/// out (m×n) = a (m×k) · b (k×n), all dense; rows split over `threads`.
+fn matmul(
+    isa: Isa,
+    [m, n, k]: [usize; 3],
+    a: &[f32],
+    b: &[f32],
+    out: &mut [f32],
+    scratch: &mut [f32],
+    threads: &Threads,
+) {
+    let cost = m * n * k;
     if n < SMALL_N {
         // Few columns: each one a dot product of a row of a with a column of b (copied out
         // contiguous when there are several).
@@ -324,23 +376,34 @@ fn matmul(isa: Isa, [m, n, k]: [usize; 3], a: &[f32], b: &[f32], out: &mut [f32]
             }
             t
         };
-        for (r, line) in out.chunks_exact_mut(n).take(m).enumerate() {
-            let row = &a[r * k..][..k];
-            for (c, o) in line.iter_mut().enumerate() {
-                *o = dot(row, &columns[c * k..][..k]);
+        threads.split(out, n, m, cost, |_, rows, out| {
+            for (r, line) in rows.zip(out.chunks_exact_mut(n)) {
+                let row = &a[r * k..][..k];
+                for (c, o) in line.iter_mut().enumerate() {
+                    *o = dot(row, &columns[c * k..][..k]);
+                }
             }
-        }
+        });
         return;
     }
-    let (packed_a, panel) = scratch.split_at_mut(gemm::packed_len(m, k, isa.mr()));
-    gemm::pack_a(Matrix::dense(a, m, k), isa.mr(), packed_a);
-    for c0 in (0..n).step_by(isa.nr()) {
-        gemm::pack_b_panel(Matrix::dense(b, k, n), c0, isa.nr(), panel);
-        gemm::panel_product(isa, m, n, k, packed_a, Panel::Packed(panel), out, n, c0, Epilogue::NONE);
-    }
+    let mr = isa.mr();
+    let packed_a = &mut scratch[..gemm::packed_len(m, k, mr)];
+    gemm::pack_a(Matrix::dense(a, m, k), mr, packed_a);
+    let packed_a = &*packed_a;
+    threads.split(out, mr * n, m.div_ceil(mr), cost, |part, panels, out| {
+        let rows = (panels.end * mr).min(m) - panels.start * mr;
+        let a = &packed_a[panels.start * k * mr..panels.end * k * mr];
+        let mut panel = threads.panel(part);
+        let panel = &mut panel[..k * isa.nr()];
+        for c0 in (0..n).step_by(isa.nr()) {
+            gemm::pack_b_panel(Matrix::dense(b, k, n), c0, isa.nr(), panel);
+            gemm::panel_product(isa, rows, n, k, a, Panel::Packed(panel), out, n, c0, Epilogue::NONE);
+        }
+    });
 }
 
-/// A convolution: through the tile kernel on packed weights, or (narrow groups) a direct loop.
+/// A convolution: through the tile kernel on packed weights (output channels split over
+/// `threads`), or (narrow groups) a direct loop (groups split over `threads`).
 #[allow(clippy::too_many_arguments)]
 fn conv(
     isa: Isa,
@@ -352,62 +415,98 @@ fn conv(
     residual: Option<&[f32]>,
     out: &mut [f32],
     scratch: &mut [f32],
+    threads: &Threads,
 ) {
     let &Op::Conv { n, c_in, c_out, window, dilation, groups } = op else { unreachable!("a convolution") };
     let Window { h, w, kernel: [kh, kw], out_h, out_w, .. } = window;
     let (ig, og, p) = (c_in / groups, c_out / groups, out_h * out_w);
     let k = ig * kh * kw;
+    let cost = c_out * p * k;
     for b in 0..n {
-        for g in 0..groups {
-            let x = &x[(b * c_in + g * ig) * h * w..][..ig * h * w];
+        let epilogue = |g: usize, channels: std::ops::Range<usize>| {
             let at = (b * c_out + g * og) * p;
-            let out = &mut out[at..][..og * p];
-            let epilogue = Epilogue {
-                bias: bias.map(|b| &b[g * og..][..og]),
-                residual: residual.map(|r| &r[at..][..og * p]),
+            Epilogue {
+                bias: bias.map(|b| &b[g * og + channels.start..g * og + channels.end]),
+                residual: residual.map(|r| &r[at + channels.start * p..at + channels.end * p]),
                 activation: extra.activation,
-            };
-            match packed {
-                Some(packed) => {
-                    let per_group = gemm::packed_len(og, k, isa.mr());
-                    let a = &packed[g * per_group..][..per_group];
-                    let nr = isa.nr();
-                    match &extra.columns {
-                        Columns::Padded { offsets, ph, pw } => {
-                            let (padded, _) = scratch.split_at_mut(ig * ph * pw);
-                            pad_planes(x, ig, &window, *ph, *pw, padded);
-                            for oy in 0..out_h {
-                                for ox in (0..out_w).step_by(nr) {
-                                    let b = Panel::Rows { data: padded, offsets, start: oy * pw + ox };
-                                    gemm::panel_product(isa, og, p, k, a, b, out, p, oy * out_w + ox, epilogue);
-                                }
-                            }
-                        }
-                        columns => {
-                            let panel = &mut scratch[..k * nr];
-                            for c0 in (0..p).step_by(nr) {
-                                let b = match columns {
-                                    Columns::Pointwise { offsets } if c0 + nr <= p => {
-                                        Panel::Rows { data: x, offsets, start: c0 }
-                                    }
-                                    Columns::Pointwise { .. } => {
-                                        gemm::pack_b_panel(Matrix::dense(x, k, p), c0, nr, panel);
-                                        Panel::Packed(panel)
-                                    }
-                                    _ => {
-                                        im2col_panel(x, ig, &window, dilation, c0, nr, panel);
-                                        Panel::Packed(panel)
-                                    }
-                                };
-                                gemm::panel_product(isa, og, p, k, a, b, out, p, c0, epilogue);
-                            }
-                        }
-                    }
-                }
-                None => {
+            }
+        };
+        let out = &mut out[b * c_out * p..][..c_out * p];
+        let Some(packed) = packed else {
+            threads.split(out, og * p, groups, cost, |_, gs, out| {
+                for (g, out) in gs.zip(out.chunks_exact_mut(og * p)) {
+                    let x = &x[(b * c_in + g * ig) * h * w..][..ig * h * w];
                     let weights = &weights[g * og * k..][..og * k];
-                    direct_conv(x, weights, &window, dilation, epilogue, out);
+                    direct_conv(x, weights, &window, dilation, epilogue(g, 0..og), out);
                 }
+            });
+            continue;
+        };
+        for (g, out) in out.chunks_exact_mut(og * p).enumerate() {
+            let x = &x[(b * c_in + g * ig) * h * w..][..ig * h * w];
+            let (mr, nr) = (isa.mr(), isa.nr());
+            let per_group = gemm::packed_len(og, k, mr);
+            let a = &packed[g * per_group..][..per_group];
+            // Output channels in whole panels of mr: part `panels` computes channels
+            // panels.start · mr up to the group's end or panels.end · mr.
+            let part = |panels: &std::ops::Range<usize>| {
+                let channels = panels.start * mr..(panels.end * mr).min(og);
+                (&a[panels.start * k * mr..panels.end * k * mr], epilogue(g, channels.clone()), channels.len())
+            };
+            match &extra.columns {
+                Columns::Padded { offsets, ph, pw } => {
+                    let (padded, _) = scratch.split_at_mut(ig * ph * pw);
+                    pad_planes(x, ig, &window, *ph, *pw, padded);
+                    let padded = &*padded;
+                    threads.split(out, mr * p, og.div_ceil(mr), cost, |_, panels, out| {
+                        let (a, epilogue, rows) = part(&panels);
+                        for oy in 0..out_h {
+                            for ox in (0..out_w).step_by(nr) {
+                                let b = Panel::Rows { data: padded, offsets, start: oy * pw + ox };
+                                gemm::panel_product(isa, rows, p, k, a, b, out, p, oy * out_w + ox, epilogue);
+                            }
+                        }
+                    });
+                }
+                Columns::Im2col if threads.splits(cost) => {
+                    // Split: every thread needs every B panel, so they are built once, in
+                    // parallel, into scratch (`im2col_len` floats), then shared.
+                    let columns = p.div_ceil(nr);
+                    let built = &mut scratch[..columns * k * nr];
+                    threads.split(built, k * nr, columns, cost, |_, js, built| {
+                        for (j, panel) in js.zip(built.chunks_exact_mut(k * nr)) {
+                            im2col_panel(x, ig, &window, dilation, j * nr, nr, panel);
+                        }
+                    });
+                    let built = &*built;
+                    threads.split(out, mr * p, og.div_ceil(mr), cost, |_, panels, out| {
+                        let (a, epilogue, rows) = part(&panels);
+                        for (j, panel) in built.chunks_exact(k * nr).enumerate() {
+                            gemm::panel_product(isa, rows, p, k, a, Panel::Packed(panel), out, p, j * nr, epilogue);
+                        }
+                    });
+                }
+                columns => threads.split(out, mr * p, og.div_ceil(mr), cost, |index, panels, out| {
+                    let (a, epilogue, rows) = part(&panels);
+                    let mut panel = threads.panel(index);
+                    let panel = &mut panel[..k * nr];
+                    for c0 in (0..p).step_by(nr) {
+                        let b = match columns {
+                            Columns::Pointwise { offsets } if c0 + nr <= p => {
+                                Panel::Rows { data: x, offsets, start: c0 }
+                            }
+                            Columns::Pointwise { .. } => {
+                                gemm::pack_b_panel(Matrix::dense(x, k, p), c0, nr, panel);
+                                Panel::Packed(panel)
+                            }
+                            _ => {
+                                im2col_panel(x, ig, &window, dilation, c0, nr, panel);
+                                Panel::Packed(panel)
+                            }
+                        };
+                        gemm::panel_product(isa, rows, p, k, a, b, out, p, c0, epilogue);
+                    }
+                }),
             }
         }
     }

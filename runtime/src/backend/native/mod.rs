@@ -8,11 +8,14 @@
 //! whose graphs do not lower (the int8 engine's QuantizeLinear, an op the plan lacks) is refused
 //! with the node named, and `auto` then runs it with tract.
 //!
-//! The native executor runs on one thread: `--threads` is tract's.
+//! `--threads` N runs the convolutions and matrix products on a pool of N threads per session
+//! (`pool.rs`), which splits their output channels (or groups, or rows); every other step stays
+//! on the calling thread. The masks do not depend on N, bit for bit.
 
 mod check;
 mod gemm;
 mod kernels;
+mod pool;
 mod program;
 #[cfg(test)]
 mod tests;
@@ -25,6 +28,7 @@ use crate::error::{Error, Result};
 use crate::format::EngineFile;
 use crate::manifest::{Graph, Manifest};
 use gemm::Isa;
+use pool::Threads;
 use program::{Place, Program, Slot};
 
 /// What the sessions of one engine share: both compiled graphs and where their inputs and
@@ -37,6 +41,9 @@ struct Shared {
     arena: usize,
     /// Floats of a session's scratch (the larger of the two programs' needs).
     scratch: usize,
+    /// Threads per session, and floats of each one's B-panel scratch.
+    threads: usize,
+    panel: usize,
     image: Slot,
     mask: Slot,
     ctx_out: Slot,
@@ -51,9 +58,9 @@ pub struct NativeBackend {
 }
 
 impl NativeBackend {
-    /// Lowers and compiles both graphs of the engine, or says why it cannot (the node the plan
-    /// cannot express, or sizes that do not fit).
-    pub fn prepare(file: &EngineFile, manifest: &Manifest) -> Result<Self> {
+    /// Lowers and compiles both graphs of the engine for sessions of `threads` threads, or says
+    /// why it cannot (the node the plan cannot express, or sizes that do not fit).
+    pub fn prepare(file: &EngineFile, manifest: &Manifest, threads: usize) -> Result<Self> {
         let isa = Isa::detect();
         let refuse = |graph: &'static str| move |what: String| Error::contract(graph, what);
         let encoder_plan = plan::lower_engine(file, manifest, Graph::Encoder, "cpu")?;
@@ -83,7 +90,12 @@ impl NativeBackend {
             ctx_valid: find(&decoder, false, "ctx_valid", "decoder")?,
             logits,
             arena: encoder.arena_end.max(decoder.arena_end),
-            scratch: encoder.scratch.max(decoder.scratch),
+            scratch: match threads {
+                0 | 1 => encoder.scratch.max(decoder.scratch),
+                _ => [&encoder, &decoder].iter().map(|p| p.scratch.max(kernels::im2col_len(p))).max().unwrap_or(0),
+            },
+            threads: threads.max(1),
+            panel: kernels::panel_len(&encoder).max(kernels::panel_len(&decoder)),
             encoder,
             decoder,
         };
@@ -93,8 +105,9 @@ impl NativeBackend {
             }
         }
         log::info!(
-            "cpu: native executor ({} kernels), {} + {} steps, {:.1} MiB of arena per session",
+            "cpu: native executor ({} kernels, {} thread(s)), {} + {} steps, {:.1} MiB of arena per session",
             isa.name(),
+            shared.threads,
             shared.encoder.steps.len(),
             shared.decoder.steps.len(),
             (shared.arena * 4) as f64 / (1 << 20) as f64
@@ -110,20 +123,25 @@ impl Backend for NativeBackend {
 
     fn runner(&self) -> Result<Box<dyn Runner>> {
         let shared = self.shared.clone();
+        let threads = Threads::new(shared.threads, shared.panel)
+            .map_err(|e| error(format!("cannot start {} threads: {e}", shared.threads)))?;
         Ok(Box::new(NativeRunner {
             arena: vec![0.0; shared.arena],
             scratch: vec![0.0; shared.scratch],
+            threads,
             encoded: false,
             shared,
         }))
     }
 }
 
-/// One session's memory: the arena both programs run in and the kernels' scratch.
+/// One session's memory and threads: the arena both programs run in, the kernels' scratch and
+/// the pool.
 struct NativeRunner {
     shared: Arc<Shared>,
     arena: Vec<f32>,
     scratch: Vec<f32>,
+    threads: Threads,
     /// Whether the encoder has run, so the decoder has features to read.
     encoded: bool,
 }
@@ -156,8 +174,8 @@ impl NativeRunner {
     fn run(&mut self, decoder: bool, graph: &str) -> Result<()> {
         let shared = &self.shared;
         let program = if decoder { &shared.decoder } else { &shared.encoder };
-        let (arena, scratch) = (&mut self.arena, &mut self.scratch);
-        crate::guard::no_panic(|| kernels::run(program, arena, scratch, None))
+        let (arena, scratch, threads) = (&mut self.arena, &mut self.scratch, &self.threads);
+        crate::guard::no_panic(|| kernels::run(program, arena, scratch, threads, None))
             .map_err(|panic| error(format!("{graph} failed: the native executor panicked: {panic}")))
     }
 }

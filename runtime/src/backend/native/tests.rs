@@ -23,7 +23,6 @@ fn bundled(name: &str) -> EngineMetadata {
 
 /// Runs one frame through `runner`: three shots encoded into the context, then a query, as a
 /// session does. Returns every shot's tokens and the logits.
-#[cfg(feature = "tract")]
 fn frame(runner: &mut dyn Runner, manifest: &Manifest, seed: u64) -> (Vec<f32>, Vec<f32>) {
     let (r, c, t, d, s) =
         (manifest.resolution, manifest.channels, manifest.tokens_per_shot, manifest.token_width, manifest.max_shots);
@@ -55,7 +54,8 @@ fn frame(runner: &mut dyn Runner, manifest: &Manifest, seed: u64) -> (Vec<f32>, 
 fn the_bundled_float_engines_match_tract() {
     for name in ["segicl-ref.plan", "segicl-ref-fp16.plan", "prototype.plan"] {
         let engine = bundled(name);
-        let native = NativeBackend::prepare(&engine.file, &engine.manifest).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let native =
+            NativeBackend::prepare(&engine.file, &engine.manifest, 1).unwrap_or_else(|e| panic!("{name}: {e}"));
         let tract = TractBackend::prepare(&engine.file, &engine.manifest, 1).unwrap();
         let (mut ours, mut theirs) = (native.runner().unwrap(), tract.runner().unwrap());
         for seed in 0..2 {
@@ -67,6 +67,23 @@ fn the_bundled_float_engines_match_tract() {
                 assert!(diff <= 1e-4 * scale.max(1.0), "{name} {what}: max |Δ| {diff} at scale {scale}");
             }
         }
+    }
+}
+
+/// Every bundled float engine gives the same context and logits, bit for bit, on 1 and on 3
+/// threads (the pool splits work on whole output rows, each computed as on one thread).
+#[test]
+fn the_bundled_engines_do_not_depend_on_the_thread_count() {
+    for name in ["segicl-ref.plan", "prototype.plan"] {
+        let engine = bundled(name);
+        let runs: Vec<_> = [1, 3]
+            .into_iter()
+            .map(|threads| {
+                let native = NativeBackend::prepare(&engine.file, &engine.manifest, threads).unwrap();
+                frame(native.runner().unwrap().as_mut(), &engine.manifest, 0)
+            })
+            .collect();
+        assert!(runs[0] == runs[1], "{name}: 3 threads changed the context or the logits");
     }
 }
 
@@ -89,25 +106,34 @@ fn one_step(op: Op, inputs: &[Vec<usize>], weights: &[Vec<usize>], out: Vec<usiz
     Plan { values, inputs: plan_inputs, outputs: vec![("out".into(), output)], steps: vec![step] }
 }
 
-/// `plan`'s outputs from the native executor with the tile kernel `isa`, on `inputs`.
+/// `plan`'s outputs from the native executor with the tile kernel `isa`, on `inputs`, every
+/// convolution and matrix product split over three threads; checks that one thread gives the
+/// same outputs, bit for bit.
 fn run_native(plan: &Plan, isa: Isa, inputs: &[Vec<f32>]) -> (Program, Vec<Vec<f32>>) {
     let program = Program::compile(plan, isa, 0, &[]).unwrap();
-    let mut arena = vec![f32::NAN; program.arena_end];
-    let mut scratch = vec![f32::NAN; program.scratch];
-    for ((_, slot), data) in program.inputs.iter().zip(inputs) {
-        let Place::Arena(at) = slot.place else { panic!("inputs live in the arena") };
-        arena[at..at + slot.len].copy_from_slice(data);
-    }
-    kernels::run(&program, &mut arena, &mut scratch, None);
-    let outputs = program
-        .outputs
-        .iter()
-        .map(|(_, slot)| match slot.place {
-            Place::Arena(at) => arena[at..at + slot.len].to_vec(),
-            Place::Constant(at) => program.constants[at..at + slot.len].to_vec(),
-        })
-        .collect();
-    (program, outputs)
+    let run = |threads: Threads| {
+        let mut arena = vec![f32::NAN; program.arena_end];
+        let mut scratch = vec![f32::NAN; program.scratch.max(kernels::im2col_len(&program))];
+        for ((_, slot), data) in program.inputs.iter().zip(inputs) {
+            let Place::Arena(at) = slot.place else { panic!("inputs live in the arena") };
+            arena[at..at + slot.len].copy_from_slice(data);
+        }
+        kernels::run(&program, &mut arena, &mut scratch, &threads, None);
+        let outputs: Vec<Vec<f32>> = program
+            .outputs
+            .iter()
+            .map(|(_, slot)| match slot.place {
+                Place::Arena(at) => arena[at..at + slot.len].to_vec(),
+                Place::Constant(at) => program.constants[at..at + slot.len].to_vec(),
+            })
+            .collect();
+        outputs
+    };
+    let split = run(Threads::eager(3, kernels::panel_len(&program)));
+    let alone = run(Threads::new(1, kernels::panel_len(&program)).unwrap());
+    let same = split.iter().flatten().zip(alone.iter().flatten()).all(|(a, b)| a.to_bits() == b.to_bits());
+    assert!(same, "3 threads and 1 give different outputs");
+    (program, split)
 }
 
 /// Every tile kernel this CPU runs (the portable one on any).
@@ -460,14 +486,15 @@ fn inconsistent_sizes_are_refused_at_compile_time() {
 #[ignore]
 fn profile() {
     let engine = bundled(&std::env::var("SEGICL_PROFILE_ENGINE").unwrap_or_else(|_| "segicl-ref.plan".into()));
-    let native = NativeBackend::prepare(&engine.file, &engine.manifest).unwrap();
+    let native = NativeBackend::prepare(&engine.file, &engine.manifest, 1).unwrap();
     let shared = &native.shared;
     let mut arena = vec![0.0; shared.arena];
     let mut scratch = vec![0.0; shared.scratch];
+    let threads = Threads::new(1, shared.panel).unwrap();
     for program in [&shared.encoder, &shared.decoder] {
         let mut times = vec![std::time::Duration::ZERO; program.steps.len()];
         for _ in 0..50 {
-            kernels::run(program, &mut arena, &mut scratch, Some(&mut times));
+            kernels::run(program, &mut arena, &mut scratch, &threads, Some(&mut times));
         }
         let mut rows: Vec<_> = program.steps.iter().zip(&times).collect();
         rows.sort_by_key(|(_, t)| std::cmp::Reverse(**t));
