@@ -77,11 +77,19 @@ def main():
         print()
         head = f"{name}" + (f" ({work * 1e3:.0f} MFLOP per frame in convolutions and matrix products)" if work else "")
         print(head)
-        print(f"{'threads':>7}  {'runtime':<13} {'enc+dec ms':>10} {'min':>7} {'× ORT':>6} {'% peak':>7}"
+        print(f"{'threads':>7}  {'runtime':<13} {'enc+dec ms':>10} {'min':>7} {'× ORT':>6} {'× ORT fp32':>10} {'% peak':>7}"
               f" {'pre+post ms':>11} {'frame ms':>9} {'open ms':>8} {'RSS MiB':>8}")
         for t in args.threads:
             ort = [graphs_ms(json.loads((out / f"{name}-ort-t{t}-r{r}.json").read_text()), "ort") for r in rounds]
             ort_med, _ = summary(ort)
+            # The float twin's ORT time (the int8 target is set against ORT fp32).
+            twin = name.removesuffix("-int8").removesuffix("-fp16")
+            fp32_med = ort_med
+            if twin != name and twin in args.engines:
+                docs = [json.loads((out / f"{twin}-ort-t{t}-r{r}.json").read_text()) for r in rounds]
+                fp32_med, _ = summary([graphs_ms(d, "ort") for d in docs])
+            elif twin != name:
+                fp32_med = None
             for contender, label in (("cpu", "native"), ("tract", "tract"), ("ort", "onnxruntime")):
                 docs = [json.loads((out / f"{name}-{contender}-t{t}-r{r}.json").read_text()) for r in rounds]
                 if any("skipped" in d for d in docs):
@@ -90,6 +98,7 @@ def main():
                     continue
                 med, low = summary([graphs_ms(d, contender) for d in docs])
                 ratio = f"{med / ort_med:.2f}" if ort_med else "n/a"
+                ratio_fp32 = f"{med / fp32_med:.2f}" if fp32_med else "n/a"
                 share = f"{100 * work / (med / 1e3) / (peak * t):.0f}%" if work else "n/a"
                 if contender == "ort":
                     extra = f"{'':>11} {'':>9} {'':>8} {'':>8}"
@@ -99,11 +108,12 @@ def main():
                     opened, _ = summary([d["open_ms"] for d in docs])
                     rss = max(d["peak_rss_mib"] or 0 for d in docs)
                     extra = f"{fmt(prepost, 3):>11} {fmt(frame):>9} {fmt(opened, 1):>8} {rss:>8.1f}"
-                print(f"{t:>7}  {label:<13} {fmt(med):>10} {fmt(low):>7} {ratio:>6} {share:>7} {extra}")
+                print(f"{t:>7}  {label:<13} {fmt(med):>10} {fmt(low):>7} {ratio:>6} {ratio_fp32:>10} {share:>7} {extra}")
     print()
     print("enc+dec: the encoder and decoder graphs of one frame with 3 cached shots (segicl: its own stage")
     print("timings; ORT: the same graphs from the same engine file). % peak: the frame's MFLOP over that")
-    print("time, against the one-core FMA peak times the threads.")
+    print("time, against the one-core FMA peak times the threads. × ORT fp32: against ONNX Runtime on the")
+    print("float twin's graphs (models/X.plan for X-int8 and X-fp16), when it is among the engines.")
 
 
 if __name__ == "__main__":

@@ -289,7 +289,7 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
 }
 
 /// GFLOP of one cached frame's encoder and decoder passes (their convolutions and matrix
-/// products), counted on the lowered graphs; `None` when the engine's graphs do not lower (int8).
+/// products), counted on the lowered graphs; `None` when the engine's graphs do not lower.
 fn frame_gflop(path: &std::path::Path) -> Option<f64> {
     use segicl::backend::plan::{flops, lower_engine};
     use segicl::manifest::Graph;

@@ -1,11 +1,11 @@
 //! Allocations on the hot path (one frame, context cached), counted by a global allocator.
 //!
 //! segicl's own stages (pre-processing, context cache, ROI crops, post-processing) and the native
-//! CPU executor (the default backend for float engines) allocate nothing: a whole frame makes no
-//! allocation after warm-up. tract (`--backend tract`, and the refiner) allocates each op's
-//! output tensor on every run: those allocations must not grow from frame to frame, and must all
-//! be freed by the end of the frame (nothing retained). With `threads` > 1 the native
-//! executor's worker threads (named `segicl-cpu-N`) allocate nothing per frame either.
+//! CPU executor (the default backend for the bundled engines, int8 included) allocate nothing: a
+//! whole frame makes no allocation after warm-up. tract (`--backend tract`, and the refiner)
+//! allocates each op's output tensor on every run: those allocations must not grow from frame to
+//! frame, and must all be freed by the end of the frame (nothing retained). With `threads` > 1
+//! the native executor's worker threads (named `segicl-cpu-N`) allocate nothing per frame either.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -17,7 +17,7 @@ use segicl::preprocess::Preprocessor;
 use segicl::roi::{logits_box, mask_box};
 use segicl::{BackendChoice, Engine, EngineOptions, ImageView, MaskMut, PixelFormat, RoiOptions};
 use segicl_eval::synthetic::Task;
-use segicl_tests::{prototype, prototype_path, reference, sample, set_shots};
+use segicl_tests::{prototype, prototype_path, reference, reference_path, sample, set_shots};
 
 /// Counts allocations (and live bytes) made by threads that armed it, per thread, so that tests
 /// running side by side do not count each other's.
@@ -164,7 +164,9 @@ fn session_allocations(s: &mut segicl::Session, task: Task, check: impl Fn(&segi
 
 #[test]
 fn a_frame_allocates_nothing_on_the_native_executor() {
-    for (name, engine) in [("prototype", prototype()), ("segicl-ref", reference())] {
+    let int8 = reference_path().with_file_name("segicl-ref-int8.plan");
+    let int8 = Engine::open(int8, &EngineOptions::default()).expect("models/segicl-ref-int8.plan opens");
+    for (name, engine) in [("prototype", prototype()), ("segicl-ref", reference()), ("segicl-ref-int8", int8)] {
         assert_eq!(engine.backend_name(), "cpu", "{name} runs on the native executor");
         for roi in [None, Some(RoiOptions::default())] {
             let counts = frame_allocations(&engine, roi, Task::FundusCup);

@@ -533,9 +533,9 @@ impl<T: Element> Build<'_, T> {
                 op.size(len).strided(strided).int(kernels::binary_code(*kind)).into()
             }
             Op::Unary { kind, len } => {
-                let (code, lo, hi) = kernels::unary_code(*kind);
+                let (code, lo, hi, scale) = kernels::unary_code(*kind);
                 let op = self.kernel(Kernel::Unary, per_element(*len)).address(x(0)).address(y).size(*len);
-                op.int(code).float(lo).float(hi).into()
+                op.int(code).float(lo).float(hi).float(scale).into()
             }
             Op::Reduce { kind, outer, len, inner } => {
                 let op = self.kernel(Kernel::Reduce, per_row(outer * inner)).address(x(0)).address(y);

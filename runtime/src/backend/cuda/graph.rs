@@ -32,6 +32,7 @@ impl<T: Element> DeviceGraph<T> {
             let host: Vec<T> = match data {
                 WeightData::F32(v) => v.iter().map(|&x| T::from_f32(x)).collect(),
                 WeightData::F16(v) => v.iter().map(|&x| T::from_f16(x)).collect(),
+                WeightData::I8(q) => q.to_f32().into_iter().map(T::from_f32).collect(),
             };
             if host.len() != value.len() {
                 return Err(Error::contract(

@@ -117,9 +117,9 @@ extern "C" __global__ void binary(const elem* a, const elem* b, elem* y, long lo
 }
 
 // kind: 0 relu, 1 tanh, 2 sqrt, 3 sign, 4 clip to [lo, hi], 5 sigmoid, 6 exp, 7 neg, 8 abs,
-// 9 copy.
+// 9 copy, 10 quantize: rint(v / scale) (ties to even) clamped to [lo, hi], times scale.
 extern "C" __global__ void unary(const elem* x, elem* y, long long n, long long kind, float lo,
-                                 float hi) {
+                                 float hi, float scale) {
     GRID_STRIDE(i, n) {
         float v = ld(x, i), r;
         switch (kind) {
@@ -132,6 +132,7 @@ extern "C" __global__ void unary(const elem* x, elem* y, long long n, long long 
             case 6: r = expf(v); break;
             case 7: r = -v; break;
             case 8: r = fabsf(v); break;
+            case 10: r = isnan(v) ? v : fminf(fmaxf(rintf(v * (1.0f / scale)), lo), hi) * scale; break;
             default: r = v; break;
         }
         st(y, i, r);

@@ -172,21 +172,23 @@ pub fn binary_code(kind: BinaryKind) -> i64 {
     }
 }
 
-/// The source's code for a unary op, with its clip bounds (unused by the others).
-pub fn unary_code(kind: UnaryKind) -> (i64, f32, f32) {
+/// The source's code for a unary op, with its bounds and scale (clip and quantize; unused by the
+/// others).
+pub fn unary_code(kind: UnaryKind) -> (i64, f32, f32, f32) {
     let code = match kind {
         UnaryKind::Relu => 0,
         UnaryKind::Tanh => 1,
         UnaryKind::Sqrt => 2,
         UnaryKind::Sign => 3,
-        UnaryKind::Clip { min, max } => return (4, min, max),
+        UnaryKind::Clip { min, max } => return (4, min, max, 1.0),
+        UnaryKind::Quantize { scale, min, max } => return (10, min, max, scale),
         UnaryKind::Sigmoid => 5,
         UnaryKind::Exp => 6,
         UnaryKind::Neg => 7,
         UnaryKind::Abs => 8,
         UnaryKind::Copy => 9,
     };
-    (code, f32::NEG_INFINITY, f32::INFINITY)
+    (code, f32::NEG_INFINITY, f32::INFINITY, 1.0)
 }
 
 /// The source's code for a reduction.

@@ -34,10 +34,13 @@ pub fn step(step: &Step) -> Result<(), String> {
             if let Some(&bias) = lens.get(2) {
                 need("the bias", bias, Some(c_out))?;
             }
-            if let Extra::Conv(extra) = &step.extra {
-                if let Some(r) = extra.residual {
-                    need("the residual", r.len, Some(out))?;
-                }
+            let residual = match &step.extra {
+                Extra::Conv(extra) => extra.residual,
+                Extra::Int8Conv { residual, .. } => *residual,
+                _ => None,
+            };
+            if let Some(r) = residual {
+                need("the residual", r.len, Some(out))?;
             }
             need("the output", out, mul(&[n, c_out, window.out_h, window.out_w]))
         }

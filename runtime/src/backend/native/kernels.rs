@@ -3,6 +3,7 @@
 //! compiled (`check.rs`), and slices keep every access bounds-checked.
 
 use super::gemm::{self, Epilogue, Isa, Matrix, Panel};
+use super::int8;
 use super::pool::Threads;
 use super::program::{Columns, ConvExtra, Extra, Place, Program, Slot, Step, MAX_AXES};
 use crate::backend::plan::{BinaryKind, Op, PoolKind, ReduceKind, UnaryKind, Window};
@@ -38,7 +39,7 @@ pub fn run(
         // SAFETY: in bounds (checked above) and disjoint from every slot the step reads.
         let out = unsafe { std::slice::from_raw_parts_mut(base.add(at), step.output.len) };
         let started = profile.is_some().then(std::time::Instant::now);
-        execute(program.isa, step, &read, out, scratch, threads);
+        execute(program.isa, program.int8, step, &read, out, scratch, threads);
         if let (Some(times), Some(started)) = (profile.as_deref_mut(), started) {
             times[i] += started.elapsed();
         }
@@ -76,6 +77,7 @@ pub fn im2col_len(program: &Program) -> usize {
 /// One step.
 fn execute<'m>(
     isa: Isa,
+    int8: int8::Kernel,
     step: &Step,
     read: &dyn Fn(&Slot) -> &'m [f32],
     out: &mut [f32],
@@ -85,6 +87,15 @@ fn execute<'m>(
     let x = |i: usize| read(&step.inputs[i]);
     let opt = |i: usize| step.inputs.get(i).map(read);
     match &step.op {
+        &Op::Conv { n, c_in, c_out, window, .. } if matches!(step.extra, Extra::Int8Conv { .. }) => {
+            let Extra::Int8Conv { conv, residual, activation } = &step.extra else { unreachable!("matched") };
+            let (x, residual, bytes) = (x(0), residual.as_ref().map(read), bytemuck::cast_slice_mut(scratch));
+            let (image, planes) = (c_in * window.h * window.w, c_out * window.out_h * window.out_w);
+            for (b, out) in out.chunks_exact_mut(planes).take(n).enumerate() {
+                let residual = residual.map(|r| &r[b * planes..][..planes]);
+                conv.run(int8, &x[b * image..][..image], opt(2), residual, *activation, out, bytes, threads);
+            }
+        }
         Op::Conv { .. } => {
             let Extra::Conv(extra) = &step.extra else { unreachable!("compiled convolutions carry ConvExtra") };
             let packed = extra.packed.as_ref().map(read);
@@ -122,6 +133,10 @@ fn execute<'m>(
                 UnaryKind::Sqrt => each(out, x, f32::sqrt),
                 UnaryKind::Copy => out.copy_from_slice(x),
                 UnaryKind::Clip { min, max } => each(out, x, |v| v.max(min).min(max)),
+                UnaryKind::Quantize { scale, min, max } => {
+                    let inv = scale.recip();
+                    each(out, x, |v| int8::level(v, inv, min, max) * scale)
+                }
                 other => each(out, x, |v| other.apply(v)),
             }
         }

@@ -1,12 +1,15 @@
 //! The native CPU backend: both graphs lowered to a [`Plan`](super::plan::Plan) and compiled
 //! into [`Program`]s that run on one arena per session, allocated once when the session is
 //! created, with this crate's own kernels (`gemm.rs`: AVX-512 / AVX2 tile kernels, packed
-//! weights; `kernels.rs`: everything else). A frame allocates nothing.
+//! weights; `int8.rs`: int8 convolutions, AVX-512 VNNI; `kernels.rs`: everything else). A frame
+//! allocates nothing.
 //!
 //! Weights are converted to f32 (an fp16 engine's too) and convolution weights packed for the
-//! tile kernel once at open; the engine's graph sections are not used after that. An engine
-//! whose graphs do not lower (the int8 engine's QuantizeLinear, an op the plan lacks) is refused
-//! with the node named, and `auto` then runs it with tract.
+//! tile kernel once at open; the engine's graph sections are not used after that. In an int8
+//! engine, a convolution whose input is quantised and whose weights are int8 runs in int8
+//! (`int8.rs`; its weights packed as int8 at open); everything else runs in f32 on the
+//! dequantised values, as the QDQ graph says. An engine whose graphs do not lower (an op the plan
+//! lacks) is refused with the node named, and `auto` then runs it with tract.
 //!
 //! `--threads` N runs the convolutions and matrix products on a pool of N threads per session
 //! (`pool.rs`), which splits their output channels (or groups, or rows); every other step stays
@@ -14,6 +17,7 @@
 
 mod check;
 mod gemm;
+mod int8;
 mod kernels;
 mod pool;
 mod program;
@@ -104,9 +108,16 @@ impl NativeBackend {
                 return Err(Error::contract("graph", "an input is a constant"));
             }
         }
+        let int8 = [&shared.encoder, &shared.decoder]
+            .iter()
+            .flat_map(|p| &p.steps)
+            .filter(|s| matches!(s.extra, program::Extra::Int8Conv { .. }))
+            .count();
         log::info!(
-            "cpu: native executor ({} kernels, {} thread(s)), {} + {} steps, {:.1} MiB of arena per session",
+            "cpu: native executor ({} kernels; {int8} int8 convolutions on {} kernels; {} thread(s)), {} + {} steps, \
+             {:.1} MiB of arena per session",
             isa.name(),
+            shared.encoder.int8.name(),
             shared.threads,
             shared.encoder.steps.len(),
             shared.decoder.steps.len(),

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 
 use super::gemm::{self, Activation, Isa};
+use super::int8::{self, Conv8};
 use crate::backend::plan::{
     row_major_strides, BinaryKind, Op, Plan, UnaryKind, ValueId, ValueKind, WeightData, Window,
 };
@@ -91,6 +92,16 @@ pub enum Extra {
     None,
     /// Of a convolution.
     Conv(ConvExtra),
+    /// Of an int8 convolution (it reads the float input of its Quantize step, which it quantises
+    /// itself), with a fused residual and activation.
+    Int8Conv {
+        /// The compiled convolution.
+        conv: Box<Conv8>,
+        /// A residual added before the activation.
+        residual: Option<Slot>,
+        /// Relu or Clip.
+        activation: Activation,
+    },
     /// Of a resize: per output row and per output column, the two input positions and the
     /// weight of the second.
     Resize {
@@ -121,6 +132,8 @@ pub struct Step {
 pub struct Program {
     /// The tile kernel the packed weights are laid out for.
     pub isa: Isa,
+    /// The int8 convolutions' tile kernel.
+    pub int8: int8::Kernel,
     /// The work, in order.
     pub steps: Vec<Step>,
     /// Weights and folded constants, f32 (an fp16 engine's are converted at open), packed
@@ -142,7 +155,7 @@ impl Program {
     /// encoder wrote them). An inconsistent plan (sizes that do not match) is refused with the
     /// node's name.
     pub fn compile(plan: &Plan, isa: Isa, base: usize, bound: &[(&str, Slot)]) -> Result<Program, String> {
-        let steps = fuse(plan);
+        let steps = quantised_convolutions(plan, fuse(plan));
         let mut constants = Vec::new();
         let mut constant_slots: HashMap<ValueId, Slot> = HashMap::new();
         let root = |v: ValueId| match plan.values[v].kind {
@@ -211,7 +224,7 @@ impl Program {
                     let (at, len) = (constants.len(), plan.values[r].len());
                     match data {
                         WeightData::F32(d) => constants.extend_from_slice(d),
-                        WeightData::F16(d) => constants.extend(d.iter().map(|x| x.to_f32())),
+                        data => constants.extend(data.to_f32()),
                     }
                     if constants.len() - at != len {
                         let shape = &plan.values[r].shape;
@@ -232,6 +245,13 @@ impl Program {
                 step.inputs.iter().map(|&v| slot(v, &mut constants)).collect::<Result<_, _>>().map_err(fail)?;
             let output = slot(step.output, &mut constants).map_err(fail)?;
             let extra = match &step.op {
+                Op::Conv { .. } if step.int8.is_some() => {
+                    let residual =
+                        step.extra_inputs.first().map(|&v| slot(v, &mut constants)).transpose().map_err(fail)?;
+                    let conv = step.int8.clone().expect("checked");
+                    scratch = scratch.max(conv.scratch_bytes().div_ceil(4));
+                    Extra::Int8Conv { conv, residual, activation: step.activation }
+                }
                 Op::Conv { c_in, c_out, window, groups, .. } => {
                     let residual =
                         step.extra_inputs.first().map(|&v| slot(v, &mut constants)).transpose().map_err(fail)?;
@@ -291,7 +311,8 @@ impl Program {
                 return Err(format!("node `{}` would overwrite its own input", step.node));
             }
         }
-        Ok(Program { isa, steps: compiled, constants, arena_end, scratch, inputs, outputs })
+        let int8 = int8::Kernel::detect();
+        Ok(Program { isa, int8, steps: compiled, constants, arena_end, scratch, inputs, outputs })
     }
 }
 
@@ -371,10 +392,59 @@ fn columns(op: &Op, isa: Isa) -> Columns {
     Columns::Padded { offsets, ph, pw }
 }
 
+/// `steps` with every convolution that reads a Quantize step's output and has int8 weights
+/// compiled to its int8 form (reading the Quantize step's input), and the Quantize steps that
+/// only such convolutions read left out.
+fn quantised_convolutions(plan: &Plan, mut steps: Vec<Fused>) -> Vec<Fused> {
+    let root = |v: ValueId| match plan.values[v].kind {
+        ValueKind::Alias(target) => target,
+        _ => v,
+    };
+    let mut readers: HashMap<ValueId, usize> = HashMap::new();
+    for v in steps.iter().flat_map(|s| s.inputs.iter().chain(&s.extra_inputs)) {
+        *readers.entry(root(*v)).or_default() += 1;
+    }
+    for (_, v) in &plan.outputs {
+        *readers.entry(root(*v)).or_default() += 1;
+    }
+    let quantize: HashMap<ValueId, (usize, [f32; 3])> = steps
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| match s.op {
+            Op::Unary { kind: UnaryKind::Quantize { scale, min, max }, .. } => Some((s.output, (i, [scale, min, max]))),
+            _ => None,
+        })
+        .collect();
+    let mut converted = vec![0; steps.len()];
+    for i in 0..steps.len() {
+        let step = &steps[i];
+        let (Op::Conv { .. }, Some(&x), Some(&w)) = (&step.op, step.inputs.first(), step.inputs.get(1)) else {
+            continue;
+        };
+        let (Some(&(q, quantisation)), ValueKind::Weight(WeightData::I8(weights))) =
+            (quantize.get(&root(x)), &plan.values[root(w)].kind)
+        else {
+            continue;
+        };
+        if let Some(conv) = Conv8::new(&step.op, weights, quantisation) {
+            let source = steps[q].inputs[0];
+            steps[i].int8 = Some(Box::new(conv));
+            steps[i].inputs[0] = source;
+            converted[q] += 1;
+        }
+    }
+    steps
+        .into_iter()
+        .enumerate()
+        .filter(|(i, s)| converted[*i] == 0 || readers.get(&root(s.output)) != Some(&converted[*i]))
+        .map(|(_, s)| s)
+        .collect()
+}
+
 /// The residual a convolution reads, if one is fused into it.
 fn conv_residual(step: &Step) -> Option<&Slot> {
     match &step.extra {
-        Extra::Conv(ConvExtra { residual: Some(r), .. }) => Some(r),
+        Extra::Conv(ConvExtra { residual: Some(r), .. }) | Extra::Int8Conv { residual: Some(r), .. } => Some(r),
         _ => None,
     }
 }
@@ -413,6 +483,8 @@ struct Fused {
     extra_inputs: Vec<ValueId>,
     output: ValueId,
     activation: Activation,
+    /// The int8 form of a convolution (its input is then its Quantize step's input).
+    int8: Option<Box<Conv8>>,
 }
 
 /// The plan's steps with each Conv followed by its only reader, a dense `Add` (a residual) and/or
@@ -454,6 +526,7 @@ fn fuse(plan: &Plan) -> Vec<Fused> {
             extra_inputs: Vec::new(),
             output: step.output,
             activation: Activation::Identity,
+            int8: None,
         };
         if matches!(step.op, Op::Conv { .. }) {
             let mut next = i + 1;

@@ -158,6 +158,21 @@ enum Tensor {
     Const(Rc<Host>),
     /// A value of the plan (an input, computed by a step, or an alias).
     Value(ValueId),
+    /// A run-time value quantised to integers (a QuantizeLinear's output), which only a
+    /// DequantizeLinear reads: the pair becomes one [`UnaryKind::Quantize`] step.
+    Quantized(Rc<Quantized>),
+}
+
+/// A QuantizeLinear of a run-time value, not yet computed.
+#[derive(Debug)]
+struct Quantized {
+    /// The float input.
+    x: Operand,
+    /// The quantisation step and the zero point.
+    scale: f32,
+    zero: i64,
+    /// The integer type's range.
+    range: (i64, i64),
 }
 
 fn konst(host: Host) -> Tensor {
@@ -177,7 +192,7 @@ impl Operand {
     fn constant(&self) -> Option<&Host> {
         match &self.tensor {
             Tensor::Const(host) => Some(host),
-            Tensor::Value(_) => None,
+            Tensor::Value(_) | Tensor::Quantized(_) => None,
         }
     }
 
@@ -314,6 +329,7 @@ impl<'g> Lowering<'g> {
         let shape = match &tensor {
             Tensor::Const(host) => host.shape.clone(),
             Tensor::Value(id) => self.plan.values[*id].shape.clone(),
+            Tensor::Quantized(q) => q.x.shape.clone(),
         };
         Ok(Operand { name: name.to_string(), tensor, shape })
     }
@@ -323,6 +339,9 @@ impl<'g> Lowering<'g> {
         let host = match &x.tensor {
             Tensor::Value(id) => return Ok(*id),
             Tensor::Const(host) => host,
+            Tensor::Quantized(_) => {
+                return Err(format!("`{}` is a quantised tensor, which only DequantizeLinear reads", x.name))
+            }
         };
         if let Some(&id) = self.weights.get(&x.name) {
             return Ok(id);
@@ -361,6 +380,10 @@ impl<'g> Lowering<'g> {
                 };
                 Tensor::Value(self.push_value(shape, ValueKind::Alias(target)))
             }
+            Tensor::Quantized(q) => {
+                let x = Operand { name: q.x.name.clone(), tensor: self.alias(&q.x, shape.clone()), shape };
+                Tensor::Quantized(Rc::new(Quantized { x, scale: q.scale, zero: q.zero, range: q.range }))
+            }
         }
     }
 
@@ -383,7 +406,12 @@ impl<'g> Lowering<'g> {
         match a.node.op() {
             "Constant" => constant(a.node).map(konst),
             "Shape" => shape_of(a).map(konst),
-            "ConstantOfShape" | "Range" | "Equal" | "Where" | "DequantizeLinear" => fold_only(a).map(konst),
+            "ConstantOfShape" | "Range" | "Equal" | "Where" => fold_only(a).map(konst),
+            "QuantizeLinear" => self.quantize(a),
+            "DequantizeLinear" => match &a.get(0)?.tensor {
+                Tensor::Quantized(q) => self.dequantize(a, &q.clone()),
+                _ => fold_only(a).map(konst),
+            },
             "Cast" => self.cast(a),
             "Identity" | "Reshape" | "Flatten" | "Squeeze" | "Unsqueeze" => {
                 let shape = reshaped(a)?;
@@ -404,9 +432,60 @@ impl<'g> Lowering<'g> {
             "Gather" => self.gather(a),
             "Expand" => self.expand(a),
             "Pad" => self.pad(a),
-            "QuantizeLinear" => Err(a.node.fail("int8 activations have no kernel: plans run f32 and f16 engines")),
             other => Err(a.node.fail(format!("{other} has no kernel and is not folded"))),
         }
+    }
+
+    /// QuantizeLinear with one scale: folded for a constant, else held until the DequantizeLinear
+    /// that reads it.
+    fn quantize(&mut self, a: &Args) -> Result<Tensor> {
+        a.node.only(&["axis"])?;
+        let (x, (scale, zero, range)) = (a.get(0)?, self.quantization(a)?);
+        match x.constant() {
+            Some(host) => Ok(konst(host::quantize(host, scale, zero, range))),
+            None => Ok(Tensor::Quantized(Rc::new(Quantized { x: x.clone(), scale, zero, range }))),
+        }
+    }
+
+    /// The DequantizeLinear of a run-time QuantizeLinear `q`, with the same scale and zero point.
+    fn dequantize(&mut self, a: &Args, q: &Quantized) -> Result<Tensor> {
+        a.node.only(&["axis"])?;
+        let (scale, zero, _) = self.quantization(a)?;
+        if (scale, zero) != (q.scale, q.zero) {
+            return Err(a.node.fail(format!(
+                "its scale and zero point ({scale}, {zero}) differ from its QuantizeLinear's ({}, {})",
+                q.scale, q.zero
+            )));
+        }
+        let (min, max) = ((q.range.0 - zero) as f32, (q.range.1 - zero) as f32);
+        let kind = UnaryKind::Quantize { scale, min, max };
+        self.kernel(a.node, Op::Unary { kind, len: q.x.len() }, &[&q.x], q.x.shape.clone())
+    }
+
+    /// The one scale, the zero point and the integer range of a QuantizeLinear or
+    /// DequantizeLinear on a run-time tensor: inputs 1 and 2, the zero point an initializer whose
+    /// type (uint8 when absent, or int8) sets the range.
+    fn quantization(&self, a: &Args) -> Result<(f32, i64, (i64, i64))> {
+        let node = a.node;
+        let scale = a.scalar(1)?.ok_or_else(|| node.fail("the scale is missing"))?;
+        if !(scale.is_finite() && scale > 0.0) {
+            return Err(node.fail(format!("scale {scale} is not finite and positive")));
+        }
+        let Some(z) = a.opt(2) else { return Ok((scale, 0, (0, 255))) };
+        let zero = match a.ints(2)?.as_deref() {
+            Some(&[zero]) => zero,
+            _ => return Err(node.fail("the zero point must have one element")),
+        };
+        let range = match self.initializers.get(z.name.as_str()).map(|t| pb::DataType::try_from(t.data_type)) {
+            Some(Ok(pb::DataType::Uint8)) => (0, 255),
+            Some(Ok(pb::DataType::Int8)) => (-128, 127),
+            Some(_) => return Err(node.fail("only uint8 and int8 quantisation is supported")),
+            None => return Err(node.fail("the zero point must be an initializer (its type sets the range)")),
+        };
+        if !(range.0..=range.1).contains(&zero) {
+            return Err(node.fail(format!("zero point {zero} is outside its type's range")));
+        }
+        Ok((scale, zero, range))
     }
 
     fn cast(&mut self, a: &Args) -> Result<Tensor> {

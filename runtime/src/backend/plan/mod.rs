@@ -129,6 +129,44 @@ pub enum WeightData {
     F32(Vec<f32>),
     /// 16-bit floats (an fp16 engine's weights); run as f32 or f16 as the executor chooses.
     F16(Vec<half::f16>),
+    /// int8 values and their scales (an int8 engine's weights); run as int8 where the executor has
+    /// an int8 kernel for the op, else dequantised.
+    I8(Int8),
+}
+
+impl WeightData {
+    /// The values as f32 (int8 dequantised).
+    pub fn to_f32(&self) -> Vec<f32> {
+        match self {
+            WeightData::F32(data) => data.clone(),
+            WeightData::F16(data) => data.iter().map(|x| x.to_f32()).collect(),
+            WeightData::I8(data) => data.to_f32(),
+        }
+    }
+}
+
+/// Symmetric int8 values with one scale per channel (an ONNX DequantizeLinear of int8 data with
+/// zero point 0): element `i` stands for `values[i] · scales[(i / inner) % scales.len()]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Int8 {
+    /// The quantised values, row-major.
+    pub values: Vec<i8>,
+    /// One scale per channel (one in all for a per-tensor scale).
+    pub scales: Vec<f32>,
+    /// Elements per channel step: the product of the dimensions after the channel axis.
+    pub inner: usize,
+}
+
+impl Int8 {
+    /// The scale of element `i`.
+    pub fn scale_of(&self, i: usize) -> f32 {
+        self.scales[(i / self.inner) % self.scales.len()]
+    }
+
+    /// The values dequantised.
+    pub fn to_f32(&self) -> Vec<f32> {
+        self.values.iter().enumerate().map(|(i, &q)| f32::from(q) * self.scale_of(i)).collect()
+    }
 }
 
 /// One node's work.
@@ -165,6 +203,7 @@ pub enum BinaryKind {
 
 impl BinaryKind {
     /// The function on one pair of elements.
+    #[inline]
     pub fn apply(self, a: f32, b: f32) -> f32 {
         match self {
             BinaryKind::Add => a + b,
@@ -206,10 +245,23 @@ pub enum UnaryKind {
     Abs,
     /// x (a copy into a new buffer)
     Copy,
+    /// The value an int8 tensor holds for x (an ONNX QuantizeLinear → DequantizeLinear pair, the
+    /// zero point folded into the bounds): round(x · (1 / scale)) to even, clamped to
+    /// [min, max], times scale.
+    Quantize {
+        /// Quantisation step.
+        scale: f32,
+        /// Lowest quantised level (the integer type's minimum minus the zero point).
+        min: f32,
+        /// Highest quantised level.
+        max: f32,
+    },
 }
 
 impl UnaryKind {
-    /// The function on one element.
+    /// The function on one element (inlined, so that a kernel's loop over one kind compiles to
+    /// that kind's code alone).
+    #[inline]
     pub fn apply(self, x: f32) -> f32 {
         match self {
             UnaryKind::Relu => x.max(0.0),
@@ -224,6 +276,7 @@ impl UnaryKind {
             UnaryKind::Neg => -x,
             UnaryKind::Abs => x.abs(),
             UnaryKind::Copy => x,
+            UnaryKind::Quantize { scale, min, max } => (x * scale.recip()).round_ties_even().clamp(min, max) * scale,
         }
     }
 }

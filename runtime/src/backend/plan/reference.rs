@@ -12,9 +12,7 @@ use std::sync::Arc;
 use tract_onnx::prelude::*;
 
 use super::lower::unravel;
-use super::{
-    resize_taps, row_major_strides, Op, Plan, PoolKind, ReduceKind, UnaryKind, ValueId, ValueKind, WeightData, Window,
-};
+use super::{resize_taps, row_major_strides, Op, Plan, PoolKind, ReduceKind, UnaryKind, ValueId, ValueKind, Window};
 
 /// Runs `plan` on `inputs` (one slice per plan input, in order) and returns its outputs, in order.
 pub fn run(plan: &Plan, inputs: &[&[f32]]) -> Vec<Vec<f32>> {
@@ -23,8 +21,7 @@ pub fn run(plan: &Plan, inputs: &[&[f32]]) -> Vec<Vec<f32>> {
         .values
         .iter()
         .map(|value| match &value.kind {
-            ValueKind::Weight(WeightData::F32(data)) => Some(data.clone()),
-            ValueKind::Weight(WeightData::F16(data)) => Some(data.iter().map(|x| x.to_f32()).collect()),
+            ValueKind::Weight(data) => Some(data.to_f32()),
             _ => None,
         })
         .collect();

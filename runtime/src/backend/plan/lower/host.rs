@@ -7,7 +7,7 @@ use half::f16;
 use super::{broadcast_shapes, broadcast_strides, row_major_strides, unravel};
 use crate::backend::limits::check_len;
 use crate::backend::onnx::{self as pb, DataType};
-use crate::backend::plan::{BinaryKind, Op, WeightData};
+use crate::backend::plan::{BinaryKind, Int8, Op, WeightData};
 
 /// A constant tensor.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,6 +29,9 @@ pub(super) enum Data {
     F16(Vec<f16>),
     /// Every integer type and bool.
     I64(Vec<i64>),
+    /// Floats held as int8 values and scales (a dequantised int8 weight), kept so for executors
+    /// with int8 kernels.
+    I8(Int8),
 }
 
 impl Data {
@@ -38,6 +41,7 @@ impl Data {
             Data::F32(v) => v.len(),
             Data::F16(v) => v.len(),
             Data::I64(v) => v.len(),
+            Data::I8(q) => q.values.len(),
         }
     }
 
@@ -47,6 +51,7 @@ impl Data {
             Data::F32(v) => v.clone(),
             Data::F16(v) => v.iter().map(|x| x.to_f32()).collect(),
             Data::I64(v) => v.iter().map(|&x| x as f32).collect(),
+            Data::I8(q) => q.to_f32(),
         }
     }
 
@@ -63,6 +68,7 @@ impl Data {
         match self {
             Data::F32(v) => Some(WeightData::F32(v.clone())),
             Data::F16(v) => Some(WeightData::F16(v.clone())),
+            Data::I8(q) => Some(WeightData::I8(q.clone())),
             Data::I64(_) => None,
         }
     }
@@ -73,6 +79,7 @@ impl Data {
             Data::F32(v) => Data::F32(map.iter().map(|i| i.map_or(fill, |i| v[i])).collect()),
             Data::F16(v) => Data::F16(map.iter().map(|i| i.map_or(f16::from_f32(fill), |i| v[i])).collect()),
             Data::I64(v) => Data::I64(map.iter().map(|i| i.map_or(fill as i64, |i| v[i])).collect()),
+            Data::I8(_) => Data::F32(self.to_f32()).pick(map, fill),
         }
     }
 }
@@ -358,6 +365,13 @@ pub(super) fn range(start: &Host, limit: &Host, delta: &Host) -> Result<Host, St
     Ok(Host { shape: vec![data.len()], data })
 }
 
+/// ONNX QuantizeLinear of a constant with one scale: round(x · (1 / scale)) to even, plus the
+/// zero point, clamped to `range`.
+pub(super) fn quantize(x: &Host, scale: f32, zero: i64, range: (i64, i64)) -> Host {
+    let level = |v: f32| ((v * scale.recip()).round_ties_even() as i64).saturating_add(zero).clamp(range.0, range.1);
+    Host { shape: x.shape.clone(), data: Data::I64(x.data.to_f32().into_iter().map(level).collect()) }
+}
+
 /// ONNX ConstantOfShape: `shape` filled with the one element of `value`.
 pub(super) fn constant_of_shape(shape: &[usize], value: &Host) -> Result<Host, String> {
     if value.data.len() != 1 {
@@ -367,7 +381,8 @@ pub(super) fn constant_of_shape(shape: &[usize], value: &Host) -> Result<Host, S
     Ok(Host { shape: shape.to_vec(), data: value.data.pick(&vec![Some(0); len], 0.0) })
 }
 
-/// ONNX DequantizeLinear of a constant: (x - zero_point) · scale, per tensor or per slice of `axis`.
+/// ONNX DequantizeLinear of a constant: (x - zero_point) · scale, per tensor or per slice of `axis`;
+/// held as [`Data::I8`] when the zero points are 0 and every value fits in an i8.
 pub(super) fn dequantize(x: &Host, scale: &Host, zero_point: Option<&Host>, axis: usize) -> Result<Host, String> {
     let values = x.data.ints().ok_or("the quantized input is not an integer tensor")?;
     let per_axis = scale.data.len() > 1;
@@ -378,6 +393,11 @@ pub(super) fn dequantize(x: &Host, scale: &Host, zero_point: Option<&Host>, axis
     }
     let inner: usize = if per_axis { x.shape[axis + 1..].iter().product() } else { 1 };
     let scale = scale.data.to_f32();
+    if zero.iter().all(|&z| z == 0) {
+        if let Ok(values) = values.iter().map(|&q| i8::try_from(q)).collect::<Result<Vec<_>, _>>() {
+            return Ok(Host { shape: x.shape.clone(), data: Data::I8(Int8 { values, scales: scale, inner }) });
+        }
+    }
     let data = values.iter().enumerate().map(|(i, &q)| {
         let c = (i / inner) % channels;
         (q - zero[c]) as f32 * scale[c]

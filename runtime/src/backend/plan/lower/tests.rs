@@ -42,6 +42,12 @@ fn int64s(name: &str, values: &[i64]) -> pb::TensorProto {
     pb::TensorProto { name: name.into(), dims, data_type: 7, int64_data: values.to_vec(), ..Default::default() }
 }
 
+/// An int8 (`data_type` 3) or uint8 (2) tensor.
+fn bytes(name: &str, data_type: i32, dims: &[i64], values: &[i32]) -> pb::TensorProto {
+    let (name, dims, int32_data) = (name.into(), dims.to_vec(), values.to_vec());
+    pb::TensorProto { name, dims, data_type, int32_data, ..Default::default() }
+}
+
 fn node(op: &str, inputs: &[&str], output: &str, attribute: Vec<pb::AttributeProto>) -> pb::NodeProto {
     pb::NodeProto {
         op_type: op.into(),
@@ -282,13 +288,59 @@ fn engine_graph(engine: &str, tag: crate::format::Tag) -> Vec<u8> {
     file.section(tag).expect("graph section").to_vec()
 }
 
+/// The int8 engine lowers: each activation's QuantizeLinear/DequantizeLinear pair is one Quantize
+/// step and the quantised weights stay int8, with their scales.
 #[test]
-fn int8_engine_is_refused_at_its_first_quantize_node() {
-    let encoder = engine_graph("segicl-ref-int8.plan", crate::format::Tag::ENCODER);
-    let error = lower(&encoder, &[]).expect_err("int8 activations have no kernel");
-    assert_eq!(error.op, "QuantizeLinear");
-    assert!(error.node.starts_with("q:a") && error.node.ends_with(":QuantizeLinear"), "{error}");
-    assert!(error.to_string().contains("(op QuantizeLinear): int8 activations"), "{error}");
+fn int8_engine_lowers_its_pairs_to_quantize_steps_and_keeps_its_int8_weights() {
+    for (tag, pairs) in [(crate::format::Tag::ENCODER, 22), (crate::format::Tag::DECODER, 29)] {
+        let plan = lower(&engine_graph("segicl-ref-int8.plan", tag), &[]).unwrap_or_else(|e| panic!("{e}"));
+        let quantize = plan
+            .steps
+            .iter()
+            .filter(|s| matches!(s.op, Op::Unary { kind: super::UnaryKind::Quantize { .. }, .. }))
+            .count();
+        assert_eq!(quantize, pairs, "{tag:?}");
+        let int8: Vec<_> = plan
+            .values
+            .iter()
+            .filter_map(|v| match &v.kind {
+                ValueKind::Weight(WeightData::I8(q)) => Some((v, q)),
+                _ => None,
+            })
+            .collect();
+        assert!(int8.len() >= 7, "{tag:?}: {} int8 weights", int8.len());
+        for (value, q) in int8 {
+            // Per output channel: a Conv's first axis, a MatMul weight's last.
+            let channels = [value.shape[0], value.shape[value.shape.len() - 1]];
+            assert!(channels.contains(&q.scales.len()), "{:?} with {} scales", value.shape, q.scales.len());
+            assert!(q.values.iter().any(|&v| v.unsigned_abs() == 127), "symmetric: the largest weight is ±127");
+        }
+    }
+}
+
+#[test]
+fn quantisation_that_the_plan_cannot_express_is_refused() {
+    let qdq = |q_scale: f32, dq_scale: f32| {
+        model(
+            13,
+            &[("x", &[2, 3])],
+            vec![floats("s", &[], &[q_scale]), floats("t", &[], &[dq_scale]), bytes("z", 2, &[], &[3])],
+            vec![
+                node("QuantizeLinear", &["x", "s", "z"], "q", vec![]),
+                node("DequantizeLinear", &["q", "t", "z"], "y", vec![]),
+            ],
+        )
+    };
+    let why = |model: &pb::ModelProto| refused(model).to_string();
+    assert!(why(&qdq(0.1, 0.2)).contains("differ from its QuantizeLinear's"), "{}", why(&qdq(0.1, 0.2)));
+    assert!(why(&qdq(0.0, 0.0)).contains("scale 0 is not finite and positive"));
+    let quantised_output = model(
+        13,
+        &[("x", &[2, 3])],
+        vec![floats("s", &[], &[0.1])],
+        vec![node("QuantizeLinear", &["x", "s"], "y", vec![])],
+    );
+    assert!(why(&quantised_output).contains("only DequantizeLinear reads"), "{}", why(&quantised_output));
 }
 
 #[test]
@@ -501,6 +553,47 @@ fn op_cases() -> Vec<(&'static str, pb::ModelProto)> {
         ("div broadcast", single("Div", &[2, 3], &["x", "d"], vec![floats("d", &[2, 1], &[2.0, -4.0])], vec![])),
         ("flatten", single("Flatten", &[2, 3, 4], &["x"], vec![], vec![int("axis", -1)])),
         ("folded constants", folded_constants_model()),
+        (
+            "quantize dequantize uint8, clamped both ways",
+            model(
+                13,
+                &[("x", &[3, 4])],
+                vec![floats("s", &[], &[0.005]), bytes("z", 2, &[], &[100])],
+                vec![
+                    node("QuantizeLinear", &["x", "s", "z"], "q", vec![]),
+                    node("DequantizeLinear", &["q", "s", "z"], "y", vec![]),
+                ],
+            ),
+        ),
+        (
+            "quantize int8, reshape, dequantize",
+            model(
+                13,
+                &[("x", &[3, 4])],
+                vec![floats("s", &[], &[0.004]), bytes("z", 3, &[], &[-3]), int64s("shape", &[4, 3])],
+                vec![
+                    node("QuantizeLinear", &["x", "s", "z"], "q", vec![]),
+                    node("Reshape", &["q", "shape"], "r", vec![]),
+                    node("DequantizeLinear", &["r", "s", "z"], "y", vec![]),
+                ],
+            ),
+        ),
+        (
+            "matmul of a per-column int8 weight",
+            model(
+                13,
+                &[("x", &[2, 4])],
+                vec![
+                    bytes("wq", 3, &[4, 3], &[127, -5, 0, 3, 90, -127, -64, 1, 2, 7, -8, 33]),
+                    floats("ws", &[3], &[0.01, 0.002, 0.3]),
+                    bytes("wz", 3, &[3], &[0, 0, 0]),
+                ],
+                vec![
+                    node("DequantizeLinear", &["wq", "ws", "wz"], "w", vec![int("axis", 1)]),
+                    node("MatMul", &["x", "w"], "y", vec![]),
+                ],
+            ),
+        ),
     ]
 }
 

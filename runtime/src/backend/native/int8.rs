@@ -1,0 +1,460 @@
+//! int8 convolutions: the convolutions of an int8 engine whose input is quantised (a
+//! [`UnaryKind::Quantize`](crate::backend::plan::UnaryKind::Quantize) step) and whose weights
+//! are int8 with one scale per output channel.
+//!
+//! - The input is quantised once per frame into a byte buffer: four input channels side by side
+//!   (a *quad*), padded with the zero level, one grid per stride phase. Every tap of a tile then
+//!   reads its 4 × [`NR`] bytes in place, contiguous, with no im2col. Each tile covers NR
+//!   consecutive positions of a phase grid's rows; the positions past the output width are
+//!   computed and dropped.
+//! - Weights are packed at open in panels of [`MR`] output channels, 4 bytes per (quad, tap).
+//! - A tile is MR × NR sums of u8 × i8 products in i32: `vpdpbusd` on AVX-512 VNNI, plain Rust
+//!   elsewhere. The sums are exact, so every kernel gives the same result bit for bit.
+//! - The store scales each sum to f32 (input scale × the channel's weight scale) and fuses the
+//!   bias, a residual and the activation.
+//!
+//! A NaN in the input (the only non-finite value that quantising would hide) makes the whole
+//! output NaN, so that the runtime still refuses the frame.
+
+use super::gemm::Activation;
+use super::pool::Threads;
+use crate::backend::plan::{Int8, Op, Window};
+
+/// Output channels per tile.
+pub const MR: usize = 8;
+/// Grid positions per tile.
+pub const NR: usize = 32;
+
+/// 1.5 · 2²³: adding and subtracting it rounds an f32 of magnitude under 2²² to an integer,
+/// ties to even (the FPU's default rounding), as ONNX QuantizeLinear rounds.
+const ROUND: f32 = 12_582_912.0;
+
+/// The tile kernel this CPU runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub enum Kernel {
+    /// AVX-512 VNNI: sixteen 512-bit accumulators.
+    Vnni,
+    /// Plain Rust.
+    Portable,
+}
+
+impl Kernel {
+    /// The best kernel the running CPU supports.
+    pub fn detect() -> Kernel {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512vnni")
+            {
+                return Kernel::Vnni;
+            }
+        }
+        Kernel::Portable
+    }
+
+    /// Short name for logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Vnni => "avx512-vnni",
+            Kernel::Portable => "portable",
+        }
+    }
+}
+
+/// One int8 convolution, compiled.
+#[derive(Debug, Clone)]
+pub struct Conv8 {
+    /// Input quantisation: 1 / scale and the levels' range; a byte holds level − min.
+    inv_scale: f32,
+    min: f32,
+    max: f32,
+    /// Input channels, output channels and the window.
+    c_in: usize,
+    c_out: usize,
+    window: Window,
+    /// Each stride phase's grid: rows, columns.
+    grid: [usize; 2],
+    /// Per (quad, tap), in 4-byte units: where its bytes for grid position 0 start.
+    offsets: Vec<usize>,
+    /// Weights: panels of MR channels, `[panel][quad · taps][MR][4]`, zero past the last channel.
+    weights: Vec<i8>,
+    /// Per output channel: input scale × weight scale, and min × Σ weights (added to each sum
+    /// to undo the bytes' offset).
+    scales: Vec<f32>,
+    corrections: Vec<i32>,
+    /// Bytes of the quantised input, with room for the last tile's reads.
+    bytes: usize,
+}
+
+impl Conv8 {
+    /// Compiles the convolution `op` (one group) of weights `weights`, reading an input quantised
+    /// with `scale` to levels `min..=max`; `None` when it does not fit the kernel (several
+    /// groups, a scale that is not per output channel, levels past a byte, sums that could
+    /// overflow i32).
+    pub fn new(op: &Op, weights: &Int8, [scale, min, max]: [f32; 3]) -> Option<Conv8> {
+        let &Op::Conv { c_in, c_out, window, dilation, groups, .. } = op else { return None };
+        let Window { h, w, kernel: [kh, kw], stride: [sh, sw], pad, out_h, out_w } = window;
+        let (taps, k) = (kh * kw, c_in * kh * kw);
+        let levels_fit = min <= 0.0 && max >= 0.0 && max - min <= 255.0 && min.fract() == 0.0;
+        let sums_fit = (k as u64) * 255 * 128 < i32::MAX as u64 / 2;
+        if groups != 1 || weights.values.len() != c_out * k || !levels_fit || !sums_fit || k == 0 || out_w == 0 {
+            return None;
+        }
+        let channel_scale = |co: usize| {
+            let s = weights.scale_of(co * k);
+            (0..k).all(|i| weights.scale_of(co * k + i) == s).then_some(s)
+        };
+        let weight_scales: Vec<f32> = (0..c_out).map(channel_scale).collect::<Option<_>>()?;
+        let quads = c_in.div_ceil(4);
+        let panels = c_out.div_ceil(MR);
+        let mut packed = vec![0i8; panels * quads * taps * MR * 4];
+        for co in 0..c_out {
+            for ci in 0..c_in {
+                for t in 0..taps {
+                    let at = ((co / MR * quads + ci / 4) * taps + t) * MR * 4 + co % MR * 4 + ci % 4;
+                    packed[at] = weights.values[(co * c_in + ci) * taps + t];
+                }
+            }
+        }
+        let corrections =
+            (0..c_out).map(|co| min as i32 * weights.values[co * k..][..k].iter().map(|&v| i32::from(v)).sum::<i32>());
+        let (ph, pw) = (h + pad[0] + pad[2], w + pad[1] + pad[3]);
+        let grid = [ph.div_ceil(sh), pw.div_ceil(sw)];
+        let phase_len = grid[0] * grid[1];
+        let mut offsets = Vec::with_capacity(quads * taps);
+        for quad in 0..quads {
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    let (y, x) = (ky * dilation[0], kx * dilation[1]);
+                    let phase = (quad * sh + y % sh) * sw + x % sw;
+                    offsets.push(phase * phase_len + y / sh * grid[1] + x / sw);
+                }
+            }
+        }
+        let positions = out_h * grid[1];
+        let reads = offsets.iter().max().map_or(0, |&o| o + positions.next_multiple_of(NR));
+        let units = reads.max(quads * sh * sw * phase_len);
+        Some(Conv8 {
+            inv_scale: scale.recip(),
+            min,
+            max,
+            c_in,
+            c_out,
+            window,
+            grid,
+            offsets,
+            weights: packed,
+            scales: weight_scales.iter().map(|&s| s * scale).collect(),
+            corrections: corrections.collect(),
+            bytes: units * 4,
+        })
+    }
+
+    /// Bytes of scratch a run needs.
+    pub fn scratch_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Multiply-adds of one run, for the thread split.
+    fn cost(&self) -> usize {
+        self.c_out * self.offsets.len() * 4 * self.window.out_h * self.grid[1]
+    }
+
+    /// Runs the convolution on one image `x` (c_in × h × w) into `out` (c_out × out_h × out_w)
+    /// with `bias` and `residual` (laid out as `out`) and `activation` fused, using `scratch`
+    /// (at least [`Conv8::scratch_bytes`]) for the quantised input, the output channels split
+    /// over `threads`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run(
+        &self,
+        kernel: Kernel,
+        x: &[f32],
+        bias: Option<&[f32]>,
+        residual: Option<&[f32]>,
+        activation: Activation,
+        out: &mut [f32],
+        scratch: &mut [u8],
+        threads: &Threads,
+    ) {
+        let Window { out_h, out_w, .. } = self.window;
+        let p = out_h * out_w;
+        assert!(out.len() >= self.c_out * p && residual.is_none_or(|r| r.len() >= self.c_out * p));
+        let buffer = &mut scratch[..self.bytes];
+        if !self.quantise(kernel, x, buffer) {
+            out[..self.c_out * p].fill(f32::NAN);
+            return;
+        }
+        let buffer = &*buffer;
+        let taps = self.offsets.len();
+        let panels = self.c_out.div_ceil(MR);
+        threads.split(&mut out[..self.c_out * p], MR * p, panels, self.cost(), |_, panels, out| {
+            let mut acc = [0i32; MR * NR];
+            for (panel, out) in panels.zip(out.chunks_mut(MR * p)) {
+                let weights = &self.weights[panel * taps * MR * 4..][..taps * MR * 4];
+                let channels = panel * MR..(panel * MR + MR).min(self.c_out);
+                for start in (0..out_h * self.grid[1]).step_by(NR) {
+                    tile(kernel, weights, buffer, &self.offsets, start, &mut acc);
+                    self.store(&acc, channels.clone(), start, bias, residual, activation, out);
+                }
+            }
+        });
+    }
+
+    /// Fills `buffer` with the bytes of `x`'s levels (padding at the zero level); false when `x`
+    /// holds a NaN.
+    fn quantise(&self, kernel: Kernel, x: &[f32], buffer: &mut [u8]) -> bool {
+        let Window { h, w, stride: [sh, sw], pad, .. } = self.window;
+        buffer.fill((-self.min) as u8);
+        // A quad's four bytes as one little-endian word (channel j in byte j); the buffer comes
+        // from f32 scratch, so it is aligned.
+        let words: &mut [u32] = bytemuck::cast_slice_mut(buffer);
+        let phase_len = self.grid[0] * self.grid[1];
+        let plane = |c: usize| (c < self.c_in).then(|| &x[c * h * w..][..h * w]);
+        let levels = [self.inv_scale, self.min, self.max];
+        let mut nan = false;
+        for quad in 0..self.c_in.div_ceil(4) {
+            let planes = [0, 1, 2, 3].map(|j| plane(quad * 4 + j));
+            for y in 0..h {
+                let py = y + pad[0];
+                let line = py / sh * self.grid[1];
+                let rows = planes.map(|p| p.map(|p| &p[y * w..][..w]));
+                // The row's columns by phase: those with (x + pad) % sw == b are consecutive
+                // positions of phase b's grid row.
+                for b in 0..sw {
+                    let first = (b + sw - pad[1] % sw) % sw;
+                    if first >= w {
+                        continue;
+                    }
+                    let phase = (quad * sh + py % sh) * sw + (first + pad[1]) % sw;
+                    let unit = phase * phase_len + line + (first + pad[1]) / sw;
+                    let out = &mut words[unit..][..(w - first).div_ceil(sw)];
+                    nan |= quantise_words(kernel, rows, first, sw, levels, out);
+                }
+            }
+        }
+        !nan
+    }
+
+    /// Stores the tile `acc` (grid positions `start..start + NR` of channels `channels`) into
+    /// `out`, which starts at the first channel of the tile's panel.
+    #[allow(clippy::too_many_arguments)]
+    fn store(
+        &self,
+        acc: &[i32; MR * NR],
+        channels: std::ops::Range<usize>,
+        start: usize,
+        bias: Option<&[f32]>,
+        residual: Option<&[f32]>,
+        activation: Activation,
+        out: &mut [f32],
+    ) {
+        let Window { out_h, out_w, .. } = self.window;
+        let (gw, p) = (self.grid[1], out_h * out_w);
+        let first = channels.start;
+        for (r, co) in channels.enumerate() {
+            let (scale, correction) = (self.scales[co], self.corrections[co]);
+            let bias = bias.map_or(0.0, |b| b[co]);
+            let value = |sum: i32| (sum + correction) as f32 * scale + bias;
+            // The tile's positions by grid row: the first out_w of each are outputs.
+            let sums = &acc[r * NR..][..NR];
+            let mut j = 0;
+            while j < NR {
+                let (oy, ox) = ((start + j) / gw, (start + j) % gw);
+                if oy >= out_h {
+                    break;
+                }
+                let run = (gw - ox).min(NR - j);
+                if ox < out_w {
+                    let len = (out_w - ox).min(run);
+                    let (at, sums) = (oy * out_w + ox, &sums[j..j + len]);
+                    let dst = &mut out[(co - first) * p + at..][..len];
+                    match residual {
+                        Some(res) => {
+                            let res = &res[co * p + at..][..len];
+                            for ((o, &s), &r) in dst.iter_mut().zip(sums).zip(res) {
+                                *o = activation.apply(value(s) + r);
+                            }
+                        }
+                        None => {
+                            for (o, &s) in dst.iter_mut().zip(sums) {
+                                *o = activation.apply(value(s));
+                            }
+                        }
+                    }
+                }
+                j += run;
+            }
+        }
+    }
+}
+
+/// The level of `v`: round(v · inv) to even, clamped to [min, max] (integers of magnitude under
+/// 2²²), as [`UnaryKind::Quantize`](crate::backend::plan::UnaryKind::Quantize) computes it; NaN
+/// stays NaN.
+#[inline(always)]
+pub fn level(v: f32, inv: f32, min: f32, max: f32) -> f32 {
+    ((v * inv).clamp(min, max) + ROUND) - ROUND
+}
+
+/// Writes into `out[i]` the levels' bytes of columns `first + i · step` of up to four channel
+/// rows (channel j in byte j, little-endian; an absent channel at the zero level);
+/// `[inv, min, max]` as [`level`]'s. True when one of the values is NaN.
+fn quantise_words(
+    kernel: Kernel,
+    rows: [Option<&[f32]>; 4],
+    first: usize,
+    step: usize,
+    [inv, min, max]: [f32; 3],
+    out: &mut [u32],
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if kernel == Kernel::Vnni && step <= 2 {
+        let rows = rows.map(|r| r.map(|r| &r[first..]));
+        if rows.iter().flatten().all(|r| r.len().div_ceil(step) == out.len()) {
+            // SAFETY: the CPU has AVX-512 F and BW (`Kernel::Vnni`); `out` holds a word per
+            // `step`-th value of the rows (checked).
+            return unsafe { x86::quantise_columns(rows, step, [inv, min, max], out) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = kernel;
+    let mut nan = false;
+    let zero = (-min) as u32;
+    for (i, word) in out.iter_mut().enumerate() {
+        let mut bytes = 0;
+        for (j, row) in rows.iter().enumerate() {
+            let byte = row.map_or(zero, |r| {
+                let v = r[first + i * step];
+                nan |= v.is_nan();
+                (level(v, inv, min, max) - min) as u32
+            });
+            bytes |= byte << (8 * j);
+        }
+        *word = bytes.to_le();
+    }
+    nan
+}
+
+/// One tile: `acc[r · NR + j]` = Σ over (quad, tap) q of the 4 products of `weights[q][r]` and
+/// the bytes at `buffer[(offsets[q] + start + j) · 4..][..4]`.
+fn tile(kernel: Kernel, weights: &[i8], buffer: &[u8], offsets: &[usize], start: usize, acc: &mut [i32; MR * NR]) {
+    assert!(weights.len() >= offsets.len() * MR * 4, "a weight quad per tap and channel");
+    let last = offsets.iter().max().map_or(0, |&o| (o + start + NR) * 4);
+    assert!(last <= buffer.len(), "every read stays inside the buffer");
+    match kernel {
+        // SAFETY: the CPU has the features (`Kernel::detect`); the weights and every row read
+        // are inside their slices (asserted above).
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Vnni => unsafe { tile_vnni(weights.as_ptr(), buffer.as_ptr(), offsets, start, acc) },
+        _ => tile_portable(weights, buffer, offsets, start, acc),
+    }
+}
+
+fn tile_portable(weights: &[i8], buffer: &[u8], offsets: &[usize], start: usize, acc: &mut [i32; MR * NR]) {
+    acc.fill(0);
+    for (q, &offset) in offsets.iter().enumerate() {
+        let row = &buffer[(offset + start) * 4..][..NR * 4];
+        let w = &weights[q * MR * 4..][..MR * 4];
+        for (sums, w) in acc.chunks_exact_mut(NR).zip(w.chunks_exact(4)) {
+            for (sum, b) in sums.iter_mut().zip(row.chunks_exact(4)) {
+                *sum += (0..4).map(|i| i32::from(b[i]) * i32::from(w[i])).sum::<i32>();
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// [`quantise_words`](super::quantise_words) on every `step`-th value (`step` 1 or 2) of
+    /// the rows, 16 columns at a time (the last block with masked loads), rounding by the CPU's
+    /// default mode (to nearest, ties to even) as [`level`](super::level) does. True when one of
+    /// the values is NaN.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F and BW; every row's length, divided by `step` and rounded up, is
+    /// `out.len()`.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub unsafe fn quantise_columns(
+        rows: [Option<&[f32]>; 4],
+        step: usize,
+        [inv, min, max]: [f32; 3],
+        out: &mut [u32],
+    ) -> bool {
+        let (vinv, vmin, vmax) = (_mm512_set1_ps(inv), _mm512_set1_ps(min), _mm512_set1_ps(max));
+        let offset = _mm512_set1_epi32(-(min as i32));
+        let zero = _mm_set1_epi8(-(min as i32) as u8 as i8);
+        let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        // Lanes 0..n of a load.
+        let lanes = |n: usize| if n >= 16 { 0xffff } else { ((1u32 << n) - 1) as u16 };
+        let mut nan: u16 = 0;
+        for (block, out) in out.chunks_mut(16).enumerate() {
+            let bytes = rows.map(|row| match row {
+                None => zero,
+                // SAFETY: masked loads read only lanes inside the row.
+                Some(r) => unsafe {
+                    let left = r.len() - block * 16 * step;
+                    let at = r.as_ptr().add(block * 16 * step);
+                    let v = if step == 1 {
+                        _mm512_maskz_loadu_ps(lanes(left), at)
+                    } else {
+                        let low = _mm512_maskz_loadu_ps(lanes(left), at);
+                        let high = if left > 16 { _mm512_maskz_loadu_ps(lanes(left - 16), at.add(16)) } else { low };
+                        _mm512_permutex2var_ps(low, evens, high)
+                    };
+                    nan |= _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+                    let v = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(v, vinv), vmin), vmax);
+                    _mm512_cvtepi32_epi8(_mm512_add_epi32(_mm512_cvtps_epi32(v), offset))
+                },
+            });
+            let (lo01, hi01) = (_mm_unpacklo_epi8(bytes[0], bytes[1]), _mm_unpackhi_epi8(bytes[0], bytes[1]));
+            let (lo23, hi23) = (_mm_unpacklo_epi8(bytes[2], bytes[3]), _mm_unpackhi_epi8(bytes[2], bytes[3]));
+            let words = [
+                _mm_unpacklo_epi16(lo01, lo23),
+                _mm_unpackhi_epi16(lo01, lo23),
+                _mm_unpacklo_epi16(hi01, hi23),
+                _mm_unpackhi_epi16(hi01, hi23),
+            ];
+            let mut all = [0u32; 16];
+            for (i, w) in words.iter().enumerate() {
+                // SAFETY: 4 words of the 16 of `all`.
+                unsafe { _mm_storeu_si128(all.as_mut_ptr().add(i * 4).cast(), *w) };
+            }
+            out.copy_from_slice(&all[..out.len()]);
+        }
+        nan != 0
+    }
+}
+
+/// # Safety
+/// The CPU has AVX-512 F, BW and VNNI; `weights` holds `offsets.len()` × MR × 4 bytes and
+/// `buffer` every row `(offsets[q] + start) · 4 .. + NR · 4`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn tile_vnni(weights: *const i8, buffer: *const u8, offsets: &[usize], start: usize, acc: &mut [i32; MR * NR]) {
+    use std::arch::x86_64::*;
+    let mut c = [[_mm512_setzero_si512(); 2]; MR];
+    for (q, &offset) in offsets.iter().enumerate() {
+        // SAFETY: inside the buffer and the weights (the caller's contract).
+        unsafe {
+            let row = buffer.add((offset + start) * 4);
+            let b = [_mm512_loadu_si512(row.cast()), _mm512_loadu_si512(row.add(64).cast())];
+            let w = weights.add(q * MR * 4).cast::<i32>();
+            for (r, c) in c.iter_mut().enumerate() {
+                let a = _mm512_set1_epi32(w.add(r).read_unaligned());
+                c[0] = _mm512_dpbusd_epi32(c[0], b[0], a);
+                c[1] = _mm512_dpbusd_epi32(c[1], b[1], a);
+            }
+        }
+    }
+    for (r, c) in c.iter().enumerate() {
+        // SAFETY: `acc` holds MR rows of NR = 32 sums.
+        unsafe {
+            _mm512_storeu_si512(acc.as_mut_ptr().add(r * NR).cast(), c[0]);
+            _mm512_storeu_si512(acc.as_mut_ptr().add(r * NR + 16).cast(), c[1]);
+        }
+    }
+}
