@@ -25,6 +25,10 @@ pub const MR: usize = 8;
 /// Grid positions per tile.
 pub const NR: usize = 32;
 
+/// Most bytes of quantised input a convolution may need (256 MiB): a hostile geometry (huge
+/// padding with a huge stride) is left to the float path instead of allocating without bound.
+const MAX_BUFFER: usize = 1 << 28;
+
 /// 1.5 · 2²³: adding and subtracting it rounds an f32 of magnitude under 2²² to an integer,
 /// ties to even (the FPU's default rounding), as ONNX QuantizeLinear rounds.
 const ROUND: f32 = 12_582_912.0;
@@ -92,7 +96,7 @@ impl Conv8 {
     /// Compiles the convolution `op` (one group) of weights `weights`, reading an input quantised
     /// with `scale` to levels `min..=max`; `None` when it does not fit the kernel (several
     /// groups, a scale that is not per output channel, levels past a byte, sums that could
-    /// overflow i32).
+    /// overflow i32, a quantised input over [`MAX_BUFFER`]).
     pub fn new(op: &Op, weights: &Int8, [scale, min, max]: [f32; 3]) -> Option<Conv8> {
         let &Op::Conv { c_in, c_out, window, dilation, groups, .. } = op else { return None };
         let Window { h, w, kernel: [kh, kw], stride: [sh, sw], pad, out_h, out_w } = window;
@@ -106,8 +110,16 @@ impl Conv8 {
             let s = weights.scale_of(co * k);
             (0..k).all(|i| weights.scale_of(co * k + i) == s).then_some(s)
         };
-        let weight_scales: Vec<f32> = (0..c_out).map(channel_scale).collect::<Option<_>>()?;
         let quads = c_in.div_ceil(4);
+        let (ph, pw) = (h + pad[0] + pad[2], w + pad[1] + pad[3]);
+        let grid = [ph.div_ceil(sh), pw.div_ceil(sw)];
+        let phase_len = grid[0].checked_mul(grid[1])?;
+        let grids = quads.checked_mul(sh)?.checked_mul(sw)?.checked_mul(phase_len)?;
+        // Every read lies within a tile (NR) and a grid row past the last grid.
+        if grids.checked_add(grid[1] + NR)?.checked_mul(4)? > MAX_BUFFER {
+            return None;
+        }
+        let weight_scales: Vec<f32> = (0..c_out).map(channel_scale).collect::<Option<_>>()?;
         let panels = c_out.div_ceil(MR);
         let mut packed = vec![0i8; panels * quads * taps * MR * 4];
         for co in 0..c_out {
@@ -120,9 +132,6 @@ impl Conv8 {
         }
         let corrections =
             (0..c_out).map(|co| min as i32 * weights.values[co * k..][..k].iter().map(|&v| i32::from(v)).sum::<i32>());
-        let (ph, pw) = (h + pad[0] + pad[2], w + pad[1] + pad[3]);
-        let grid = [ph.div_ceil(sh), pw.div_ceil(sw)];
-        let phase_len = grid[0] * grid[1];
         let mut offsets = Vec::with_capacity(quads * taps);
         for quad in 0..quads {
             for ky in 0..kh {
@@ -133,9 +142,12 @@ impl Conv8 {
                 }
             }
         }
-        let positions = out_h * grid[1];
-        let reads = offsets.iter().max().map_or(0, |&o| o + positions.next_multiple_of(NR));
-        let units = reads.max(quads * sh * sw * phase_len);
+        let positions = out_h.checked_mul(grid[1])?.checked_next_multiple_of(NR)?;
+        let reads = offsets.iter().max().map_or(Some(0), |&o| o.checked_add(positions))?;
+        if reads > grids + grid[1] + NR {
+            return None; // an output larger than the window allows (refused at compile anyway)
+        }
+        let units = reads.max(grids);
         Some(Conv8 {
             inv_scale: scale.recip(),
             min,

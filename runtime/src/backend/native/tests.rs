@@ -371,6 +371,20 @@ fn int8_convolutions_match_the_reference() {
     }
 }
 
+/// A geometry whose quantised input would be unbounded (huge padding with a huge stride) is
+/// left to the float path, and an ordinary one is taken.
+#[test]
+fn int8_convolutions_refuse_unbounded_buffers() {
+    let int8 = crate::backend::plan::Int8 { values: vec![1; 4], scales: vec![0.1], inner: 1 };
+    let conv = |stride: usize, pad: usize| {
+        let window = Window { h: 2, w: 2, kernel: [1, 1], stride: [stride; 2], pad: [pad; 4], out_h: 3, out_w: 3 };
+        Op::Conv { n: 1, c_in: 2, c_out: 2, window, dilation: [1, 1], groups: 1 }
+    };
+    let levels = [0.01, -128.0, 127.0];
+    assert!(int8::Conv8::new(&conv(1 << 20, 1 << 20), &int8, levels).is_none());
+    assert!(int8::Conv8::new(&conv(1, 1), &int8, levels).is_some());
+}
+
 /// A NaN in an int8 convolution's input makes its output NaN (quantising would hide it), in
 /// the vectorised columns and in the tail alike.
 #[test]
