@@ -7,7 +7,7 @@ use std::time::Duration;
 use segicl::format::{EngineWriter, Tag};
 use segicl::manifest::Normalisation;
 use segicl::pack::EngineParts;
-use segicl::{Engine, EngineMetadata, EngineOptions, Error, MaskMut, OwnedImage, PixelFormat};
+use segicl::{BackendChoice, Engine, EngineMetadata, EngineOptions, Error, MaskMut, OwnedImage, PixelFormat};
 use segicl_eval::synthetic::Task;
 use segicl_models::onnx::{Attr, GraphBuilder};
 use segicl_models::prototype::{self, FEATURES, RESOLUTION, TOKENS};
@@ -155,6 +155,38 @@ fn a_graph_over_the_node_limit_is_refused() {
     let path = engine_with_decoder(dir.path(), "chain.plan", chain);
     let err = open(&path).unwrap_err().to_string();
     assert!(err.starts_with("decoder:") && err.contains("nodes, over the limit"), "{err}");
+}
+
+/// Found by the fuzzer: tract's shape inference of a LayerNormalization over a rank-0 tensor
+/// counts axes up to `usize::MAX` and never returns. The plan's lowering finds such a node
+/// invalid, and tract is not given the graph, on `auto` (which falls back to tract when the native
+/// executor refuses) and on `--backend tract` alike.
+#[test]
+fn a_graph_tract_would_loop_on_is_refused_before_tract() {
+    let dir = tempfile::tempdir().unwrap();
+    let decoder = decoder_with(|g| {
+        let scalar = total(g, "feat_0");
+        let scale = g.scalar(1.0);
+        let v = g.op("LayerNormalization", &[&scalar, &scale], vec![("axis", Attr::Int(-1))]);
+        total(g, &v)
+    });
+    let path = engine_with_decoder(dir.path(), "rank0.plan", decoder);
+    for backend in [BackendChoice::Auto, BackendChoice::Tract] {
+        let (done, result) = std::sync::mpsc::channel();
+        let engine = path.clone();
+        // In a thread, so that a regression fails here instead of hanging the suite.
+        std::thread::spawn(move || {
+            let err = Engine::open(&engine, &EngineOptions { backend, threads: 1 }).err().map(|e| e.to_string());
+            let _ = done.send(err);
+        });
+        let err = result
+            .recv_timeout(Duration::from_secs(120))
+            .unwrap_or_else(|_| panic!("{backend:?}: Engine::open still running after 120 s"))
+            .unwrap_or_else(|| panic!("{backend:?}: the engine opened"));
+        for w in ["decoder:", "LayerNormalization", "is invalid", "axis -1 is out of range for rank 0"] {
+            assert!(err.contains(w), "{backend:?}: `{err}` lacks `{w}`");
+        }
+    }
 }
 
 /// Engines whose graphs compute NaN or infinity: the frame or shot is an error of its own kind,

@@ -126,16 +126,30 @@ fn engine_graph<'a>(file: &'a EngineFile, manifest: &'a Manifest, graph: Graph) 
 /// Loads one graph, fixes its input shapes from the tensor table, checks every input and output
 /// against it and optimises it. Returns the plan and its input and output names, in the graph's
 /// order. A graph over [`MAX_GRAPH_NODES`](super::limits::MAX_GRAPH_NODES) nodes, or with a tensor over [`MAX_TENSOR_ELEMENTS`],
-/// is refused; a panic inside tract on a malformed graph becomes a contract error naming it.
+/// is refused, and so is one the plan finds invalid ([`refuse_invalid`]); a panic inside tract on a
+/// malformed graph becomes a contract error naming it.
 pub(crate) fn load(source: &GraphSource, options: &RunOptions) -> Result<(Plan, Vec<String>, Vec<String>)> {
     let fail = |what: String| Error::contract(source.name, what);
     decode_checked(source.bytes).map_err(|e| fail(format!("section {}: {e}", source.section)))?;
+    refuse_invalid(source).map_err(fail)?;
     let proto = tract_onnx::onnx()
         .proto_model_for_read(&mut &source.bytes[..])
         .map_err(|e| fail(format!("section {} is not an ONNX protobuf: {e:#}", source.section)))?;
     crate::guard::no_panic(|| load_checked(source, &proto, options)).unwrap_or_else(|panic| {
         Err(fail(format!("section {} is a malformed graph (tract panicked: {panic})", source.section)))
     })
+}
+
+/// Refuses a graph that the plan's lowering finds invalid by ONNX's rules (an axis out of range, a
+/// reshape that does not fit) before tract sees it: tract's shape inference loops forever on some
+/// of these (a LayerNormalization of a rank-0 tensor). A node the plan lacks ends the check, so an
+/// invalid node after it still reaches tract.
+fn refuse_invalid(source: &GraphSource) -> std::result::Result<(), String> {
+    let inputs: Vec<(&str, &[usize])> = source.inputs.iter().map(|t| (t.name.as_str(), &t.shape[..])).collect();
+    match crate::backend::plan::lower(source.bytes, &inputs) {
+        Err(e) if e.invalid => Err(format!("section {}: {e}", source.section)),
+        _ => Ok(()),
+    }
 }
 
 /// Every value of `model` whose shape is known has at most [`MAX_TENSOR_ELEMENTS`] elements.

@@ -33,11 +33,16 @@ pub struct Unsupported {
     pub op: String,
     /// What is not supported.
     pub why: String,
+    /// The node breaks ONNX's own rules (an axis out of range, shapes that do not fit), so no
+    /// runtime can run it; otherwise it asks for something the plan lacks and another backend
+    /// may run it.
+    pub invalid: bool,
 }
 
 impl fmt::Display for Unsupported {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "node `{}` (op {}): {}", self.node, self.op, self.why)
+        let what = if self.invalid { " is invalid" } else { "" };
+        write!(f, "node `{}` (op {}){what}: {}", self.node, self.op, self.why)
     }
 }
 
@@ -72,7 +77,7 @@ fn lower_model(model: &pb::ModelProto, input_shapes: &[(&str, &[usize])]) -> Res
 }
 
 fn graph_error(why: impl Into<String>) -> Unsupported {
-    Unsupported { node: "(graph)".into(), op: "Graph".into(), why: why.into() }
+    Unsupported { node: "(graph)".into(), op: "Graph".into(), why: why.into(), invalid: false }
 }
 
 /// One ONNX node with its label and the model's opset.
@@ -97,8 +102,14 @@ impl<'a> Node<'a> {
         self.proto.output.first().map_or("", String::as_str)
     }
 
+    /// The node asks for something the plan lacks.
     fn fail(&self, why: impl Into<String>) -> Unsupported {
-        Unsupported { node: self.label.clone(), op: self.proto.op_type.clone(), why: why.into() }
+        Unsupported { node: self.label.clone(), op: self.proto.op_type.clone(), why: why.into(), invalid: false }
+    }
+
+    /// The node breaks ONNX's rules: no backend can run it.
+    fn invalid(&self, why: impl Into<String>) -> Unsupported {
+        Unsupported { invalid: true, ..self.fail(why) }
     }
 
     fn attr(&self, name: &str) -> Option<&'a pb::AttributeProto> {
@@ -135,7 +146,7 @@ impl<'a> Node<'a> {
         if (-r..r).contains(&axis) {
             Ok(axis.rem_euclid(r) as usize)
         } else {
-            Err(self.fail(format!("axis {axis} is out of range for rank {rank}")))
+            Err(self.invalid(format!("axis {axis} is out of range for rank {rank}")))
         }
     }
 
@@ -515,7 +526,7 @@ impl<'g> Lowering<'g> {
         let mut acc = (*first).clone();
         for (k, b) in rest.iter().enumerate() {
             let shape = broadcast_shapes(&acc.shape, &b.shape)
-                .ok_or_else(|| a.node.fail(format!("shapes {:?} and {:?} do not broadcast", acc.shape, b.shape)))?;
+                .ok_or_else(|| a.node.invalid(format!("shapes {:?} and {:?} do not broadcast", acc.shape, b.shape)))?;
             let (a_strides, b_strides) = (broadcast_strides(&acc.shape, &shape), broadcast_strides(&b.shape, &shape));
             let op = Op::Binary { kind, shape: shape.clone(), a_strides, b_strides };
             let tensor = self.kernel(a.node, op, &[&acc, b], shape.clone())?;
@@ -559,7 +570,7 @@ impl<'g> Lowering<'g> {
         let batch_shape = broadcast_shapes(batch_axes(&x.shape), batch_axes(&y.shape));
         let batch_shape = batch_shape
             .filter(|_| k == k2)
-            .ok_or_else(|| node.fail(format!("shapes {:?} and {:?} do not multiply", x.shape, y.shape)))?;
+            .ok_or_else(|| node.invalid(format!("shapes {:?} and {:?} do not multiply", x.shape, y.shape)))?;
         let (xb, a_batch_stride) = self.batched(node, x, &batch_shape, [m, k])?;
         let (yb, b_batch_stride) = self.batched(node, y, &batch_shape, [k, n])?;
         let mut shape = batch_shape.clone();
@@ -592,13 +603,13 @@ impl<'g> Lowering<'g> {
         let ([n, c_in, h, w], [c_out, c_group, kh, kw]) = (nchw(node, x)?, nchw(node, weight)?);
         let groups = node.int("group", 1);
         if groups < 1 || c_in != groups as usize * c_group || c_out % groups as usize != 0 {
-            return Err(node.fail(format!("group {groups} does not fit {c_in} input and {c_out} output channels")));
+            return Err(node.invalid(format!("group {groups} does not fit {c_in} input and {c_out} output channels")));
         }
         if node.ints("kernel_shape").is_some_and(|k| k != [kh as i64, kw as i64]) {
             return Err(node.fail("kernel_shape differs from the weight's shape"));
         }
         if bias.is_some_and(|b| b.len() != c_out) {
-            return Err(node.fail("the bias length differs from the output channels"));
+            return Err(node.invalid("the bias length differs from the output channels"));
         }
         let (stride, dilation) = (node.pair("strides", Some([1, 1]))?, node.pair("dilations", Some([1, 1]))?);
         let window = window(node, [h, w], [kh, kw], stride, dilation, false)?;
@@ -724,7 +735,7 @@ impl<'g> Lowering<'g> {
         let mut sorted = perm.clone();
         sorted.sort_unstable();
         if sorted != (0..x.rank()).collect::<Vec<_>>() {
-            return Err(node.fail(format!("perm {perm:?} is not a permutation of the {} axes", x.rank())));
+            return Err(node.invalid(format!("perm {perm:?} is not a permutation of the {} axes", x.rank())));
         }
         let shape: Vec<usize> = perm.iter().map(|&p| x.shape[p]).collect();
         let moved: Vec<usize> = perm.iter().copied().filter(|&p| x.shape[p] != 1).collect();
@@ -743,7 +754,7 @@ impl<'g> Lowering<'g> {
         let fits =
             |p: &&Operand| p.rank() == first.rank() && (0..p.rank()).all(|i| i == axis || p.shape[i] == first.shape[i]);
         if !parts.iter().all(fits) {
-            return Err(node.fail("the inputs differ in shape off the concatenation axis"));
+            return Err(node.invalid("the inputs differ in shape off the concatenation axis"));
         }
         let mut shape = first.shape.clone();
         shape[axis] = parts.iter().map(|p| p.shape[axis]).sum();
@@ -812,7 +823,7 @@ impl<'g> Lowering<'g> {
             usize::try_from(j)
                 .ok()
                 .filter(|&j| j < len)
-                .ok_or_else(|| node.fail(format!("index {i} is out of range 0..{len}")))
+                .ok_or_else(|| node.invalid(format!("index {i} is out of range 0..{len}")))
         };
         let wrapped = raw.iter().map(|&i| wrap(i)).collect::<Result<Vec<_>>>()?;
         let shape = [&x.shape[..axis], &indices.shape[..], &x.shape[axis + 1..]].concat();
@@ -997,7 +1008,7 @@ fn reshaped(a: &Args) -> Result<Vec<usize>> {
             node.only(&["axis"])?;
             let (rank, axis) = (x.len() as i64, node.int("axis", 1));
             if !(-rank..=rank).contains(&axis) {
-                return Err(node.fail(format!("axis {axis} is out of range for rank {rank}")));
+                return Err(node.invalid(format!("axis {axis} is out of range for rank {rank}")));
             }
             let axis = (if axis < 0 { axis + rank } else { axis }) as usize;
             Ok(vec![product(&x[..axis]), product(&x[axis..])])
@@ -1036,7 +1047,7 @@ fn reshape_target(node: &Node, input: &[usize], target: &[i64], allowzero: bool)
     let mut shape = Vec::with_capacity(target.len());
     for (i, &d) in target.iter().enumerate() {
         shape.push(match d {
-            -1 if inferred.replace(i).is_some() => return Err(node.fail("two dimensions are -1")),
+            -1 if inferred.replace(i).is_some() => return Err(node.invalid("two dimensions are -1")),
             -1 => 1,
             0 if !allowzero => *input.get(i).ok_or_else(|| node.fail("0 copies a dimension the input lacks"))?,
             d => usize::try_from(d).map_err(|_| node.fail(format!("bad dimension {d}")))?,
@@ -1048,7 +1059,7 @@ fn reshape_target(node: &Node, input: &[usize], target: &[i64], allowzero: bool)
         shape[i] = total.checked_div(known).unwrap_or(0);
     }
     if product(&shape) != total {
-        return Err(node.fail(format!("cannot reshape {input:?} to {target:?}")));
+        return Err(node.invalid(format!("cannot reshape {input:?} to {target:?}")));
     }
     Ok(shape)
 }
