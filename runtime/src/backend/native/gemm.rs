@@ -3,19 +3,21 @@
 //! and B as panels of `nr` columns ([k][nr]), and the epilogue (bias per row, a residual,
 //! an activation) applied as each tile is stored.
 //!
-//! The tile kernels are `std::arch` code for AVX-512 (8×32) and AVX2 with FMA (6×16), chosen
-//! once at open by [`Isa::detect`]; any other CPU (aarch64 among them, for now) runs a portable
-//! 4×16 kernel in plain Rust that the compiler vectorises. Nothing here allocates.
+//! The tile kernels are `std::arch` code for AVX-512 (8×32) and AVX2 with FMA (6×16) on x86-64,
+//! chosen once at open by [`Isa::detect`], and NEON (8×12) on aarch64; any other CPU runs a
+//! portable 4×16 kernel in plain Rust that the compiler vectorises. Nothing here allocates.
 
 /// The tile kernel this CPU runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-// Only x86-64 detects (constructs) the AVX kernels; elsewhere they are never chosen.
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+// Each architecture detects (constructs) only its own kernels.
+#[allow(dead_code)]
 pub enum Isa {
     /// 8 rows × 32 columns, sixteen 512-bit accumulators.
     Avx512,
     /// 6 rows × 16 columns, twelve 256-bit accumulators.
     Avx2,
+    /// aarch64: 8 rows × 12 columns, twenty-four 128-bit accumulators.
+    Neon,
     /// 4 rows × 16 columns in plain Rust.
     Portable,
 }
@@ -32,13 +34,17 @@ impl Isa {
                 return Isa::Avx2;
             }
         }
+        #[cfg(target_arch = "aarch64")]
+        if std::arch::is_aarch64_feature_detected!("neon") {
+            return Isa::Neon;
+        }
         Isa::Portable
     }
 
     /// Rows of a tile (and of an A panel).
     pub fn mr(self) -> usize {
         match self {
-            Isa::Avx512 => 8,
+            Isa::Avx512 | Isa::Neon => 8,
             Isa::Avx2 => 6,
             Isa::Portable => 4,
         }
@@ -49,6 +55,7 @@ impl Isa {
         match self {
             Isa::Avx512 => 32,
             Isa::Avx2 | Isa::Portable => 16,
+            Isa::Neon => 12,
         }
     }
 
@@ -57,6 +64,7 @@ impl Isa {
         match self {
             Isa::Avx512 => "avx512",
             Isa::Avx2 => "avx2+fma",
+            Isa::Neon => "neon",
             Isa::Portable => "portable",
         }
     }
@@ -297,6 +305,10 @@ unsafe fn tile(isa: Isa, k: usize, a: &[f32], b: *const f32, offsets: *const usi
             (Isa::Avx2, true) => x86::tile_avx2::<false>(k, a.as_ptr(), b, offsets, store),
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx2, false) => x86::tile_avx2::<true>(k, a.as_ptr(), b, offsets, store),
+            #[cfg(target_arch = "aarch64")]
+            (Isa::Neon, true) => arm::tile_neon::<false>(k, a.as_ptr(), b, offsets, store),
+            #[cfg(target_arch = "aarch64")]
+            (Isa::Neon, false) => arm::tile_neon::<true>(k, a.as_ptr(), b, offsets, store),
             _ => tile_portable(k, a, b, offsets, store),
         }
     }
@@ -448,6 +460,59 @@ mod x86 {
     }
 }
 
+#[cfg(target_arch = "aarch64")]
+mod arm {
+    use std::arch::aarch64::*;
+
+    use super::Store;
+
+    /// 8×12 tile with NEON, stored as the x86 kernels store: each step multiplies B's row (three
+    /// registers) by each of A's 8 values (two registers, by lane).
+    ///
+    /// # Safety
+    /// The CPU has NEON; `a` holds k × 8 elements, each B row 12 (and `offsets` k entries with
+    /// `ROWS`); `store` points at 8 rows of 12 writable (and, for the residual, readable) floats
+    /// and at 8 biases when not null.
+    #[target_feature(enable = "neon")]
+    pub unsafe fn tile_neon<const ROWS: bool>(
+        k: usize,
+        a: *const f32,
+        b: *const f32,
+        offsets: *const usize,
+        store: &Store,
+    ) {
+        let mut acc = [[vdupq_n_f32(0.0); 3]; 8];
+        for j in 0..k {
+            let row = if ROWS { b.add(*offsets.add(j)) } else { b.add(j * 12) };
+            let bs = [vld1q_f32(row), vld1q_f32(row.add(4)), vld1q_f32(row.add(8))];
+            let (a0, a1) = (vld1q_f32(a.add(j * 8)), vld1q_f32(a.add(j * 8 + 4)));
+            for (c, &b) in bs.iter().enumerate() {
+                acc[0][c] = vfmaq_laneq_f32::<0>(acc[0][c], b, a0);
+                acc[1][c] = vfmaq_laneq_f32::<1>(acc[1][c], b, a0);
+                acc[2][c] = vfmaq_laneq_f32::<2>(acc[2][c], b, a0);
+                acc[3][c] = vfmaq_laneq_f32::<3>(acc[3][c], b, a0);
+                acc[4][c] = vfmaq_laneq_f32::<0>(acc[4][c], b, a1);
+                acc[5][c] = vfmaq_laneq_f32::<1>(acc[5][c], b, a1);
+                acc[6][c] = vfmaq_laneq_f32::<2>(acc[6][c], b, a1);
+                acc[7][c] = vfmaq_laneq_f32::<3>(acc[7][c], b, a1);
+            }
+        }
+        let (lo, hi) = (vdupq_n_f32(store.lo), vdupq_n_f32(store.hi));
+        for (r, acc) in acc.iter().enumerate() {
+            let bias = vdupq_n_f32(if store.bias.is_null() { 0.0 } else { *store.bias.add(r) });
+            for (part, &v) in acc.iter().enumerate() {
+                let at = r * store.ldc + part * 4;
+                let mut v = vaddq_f32(v, bias);
+                if !store.residual.is_null() {
+                    v = vaddq_f32(v, vld1q_f32(store.residual.add(at)));
+                }
+                // FMAX and FMIN return NaN when either operand is NaN: NaN stays NaN.
+                vst1q_f32(store.c.add(at), vminq_f32(hi, vmaxq_f32(lo, v)));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -463,8 +528,10 @@ mod tests {
     }
 
     fn isas() -> Vec<Isa> {
-        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
+        #[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(unused_mut))]
         let mut isas = vec![Isa::Portable];
+        #[cfg(target_arch = "aarch64")]
+        isas.push(Isa::Neon);
         #[cfg(target_arch = "x86_64")]
         {
             if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {

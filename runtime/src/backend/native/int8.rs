@@ -8,8 +8,11 @@
 //!   consecutive positions of a phase grid's rows; the positions past the output width are
 //!   computed and dropped.
 //! - Weights are packed at open in panels of [`MR`] output channels, 4 bytes per (quad, tap).
-//! - A tile is MR × NR sums of u8 × i8 products in i32: `vpdpbusd` on AVX-512 VNNI, plain Rust
-//!   elsewhere. The sums are exact, so every kernel gives the same result bit for bit.
+//! - A tile is MR × NR sums of u8 × i8 products in i32: `vpdpbusd` on AVX-512 VNNI (512-bit) or
+//!   AVX-VNNI (256-bit, CPUs without AVX-512), `sdot` on aarch64 with the dot-product extension
+//!   (Jetson Orin's Cortex-A78AE; the bytes flipped to i8 and the offset added back), plain Rust
+//!   elsewhere. The sums are exact, so every kernel
+//!   gives the same result bit for bit.
 //! - The store scales each sum to f32 (input scale × the channel's weight scale) and fuses the
 //!   bias, a residual and the activation.
 //!
@@ -35,33 +38,54 @@ const ROUND: f32 = 12_582_912.0;
 
 /// The tile kernel this CPU runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+// Each architecture detects (constructs) only its own kernels.
+#[allow(dead_code)]
 pub enum Kernel {
     /// AVX-512 VNNI: sixteen 512-bit accumulators.
     Vnni,
+    /// AVX-VNNI (256-bit, with AVX2): eight 256-bit accumulators per 8 positions.
+    AvxVnni,
+    /// aarch64 `sdot` (the dot-product extension): sixteen 128-bit accumulators per 8 positions.
+    Dot,
     /// Plain Rust.
     Portable,
 }
 
 impl Kernel {
-    /// The best kernel the running CPU supports.
-    pub fn detect() -> Kernel {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f")
-                && std::arch::is_x86_feature_detected!("avx512bw")
-                && std::arch::is_x86_feature_detected!("avx512vnni")
-            {
-                return Kernel::Vnni;
+    /// The int8 kernel of the running CPU, if it has one faster than the f32 path (AVX-512 VNNI,
+    /// AVX-VNNI, aarch64 `sdot`); none elsewhere, where the portable kernel is several times
+    /// slower than the f32 tiles and int8 convolutions had better run in f32.
+    pub fn detect() -> Option<Kernel> {
+        [Kernel::Vnni, Kernel::AvxVnni, Kernel::Dot].into_iter().find(|k| k.supported())
+    }
+
+    /// Whether the running CPU can run this kernel.
+    pub fn supported(self) -> bool {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Vnni => {
+                std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+                    && std::arch::is_x86_feature_detected!("avx512vnni")
             }
+            #[cfg(target_arch = "x86_64")]
+            Kernel::AvxVnni => {
+                std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("avxvnni")
+            }
+            #[cfg(target_arch = "aarch64")]
+            Kernel::Dot => std::arch::is_aarch64_feature_detected!("dotprod"),
+            Kernel::Portable => true,
+            #[allow(unreachable_patterns)]
+            _ => false,
         }
-        Kernel::Portable
     }
 
     /// Short name for logs.
     pub fn name(self) -> &'static str {
         match self {
             Kernel::Vnni => "avx512-vnni",
+            Kernel::AvxVnni => "avx-vnni",
+            Kernel::Dot => "neon-dotprod",
             Kernel::Portable => "portable",
         }
     }
@@ -330,6 +354,13 @@ fn quantise_words(
             return unsafe { x86::quantise_columns(rows, step, [inv, min, max], out) };
         }
     }
+    #[cfg(target_arch = "x86_64")]
+    if kernel == Kernel::AvxVnni && step <= 2 {
+        // SAFETY: the CPU has AVX2 (`Kernel::AvxVnni`); the blocks read stay inside the rows.
+        let (done, nan) = unsafe { x86::quantise_columns_avx2(rows, first, step, [inv, min, max], out) };
+        let rest = quantise_words(Kernel::Portable, rows, first + done * step, step, [inv, min, max], &mut out[done..]);
+        return nan | rest;
+    }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = kernel;
     let mut nan = false;
@@ -360,6 +391,12 @@ fn tile(kernel: Kernel, weights: &[i8], buffer: &[u8], offsets: &[usize], start:
         // are inside their slices (asserted above).
         #[cfg(target_arch = "x86_64")]
         Kernel::Vnni => unsafe { tile_vnni(weights.as_ptr(), buffer.as_ptr(), offsets, start, acc) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Kernel::AvxVnni => unsafe { tile_avx_vnni(weights.as_ptr(), buffer.as_ptr(), offsets, start, acc) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "aarch64")]
+        Kernel::Dot => unsafe { arm::tile_dot(weights.as_ptr(), buffer.as_ptr(), offsets, start, acc) },
         _ => tile_portable(weights, buffer, offsets, start, acc),
     }
 }
@@ -439,6 +476,59 @@ mod x86 {
         }
         nan != 0
     }
+
+    /// [`quantise_columns`] with AVX2, 8 columns at a time, for the whole blocks of 8 that every
+    /// row holds from column `first` on: returns how many words it wrote (a multiple of 8; the
+    /// caller quantises the rest) and whether one of the values read was NaN.
+    ///
+    /// # Safety
+    /// The CPU has AVX2; `step` is 1 or 2.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn quantise_columns_avx2(
+        rows: [Option<&[f32]>; 4],
+        first: usize,
+        step: usize,
+        [inv, min, max]: [f32; 3],
+        out: &mut [u32],
+    ) -> (usize, bool) {
+        // Whole blocks: a block reads columns first + (8i .. 8i + 8) · step, the last one
+        // `first + (8i + 7) · step`, inside every row.
+        let len = rows.iter().flatten().map(|r| r.len().saturating_sub(first).div_ceil(step)).min();
+        let blocks = len.unwrap_or(out.len()).min(out.len()) / 8;
+        let (vinv, vmin, vmax) = (_mm256_set1_ps(inv), _mm256_set1_ps(min), _mm256_set1_ps(max));
+        let offset = _mm256_set1_epi32(-(min as i32));
+        let mut nan = 0;
+        for block in 0..blocks {
+            let mut word = _mm256_setzero_si256();
+            for (j, row) in rows.iter().enumerate() {
+                let level = match row {
+                    None => offset,
+                    // SAFETY: the block's columns are inside the row (counted above).
+                    Some(r) => unsafe {
+                        let at = r.as_ptr().add(first + block * 8 * step);
+                        let v = if step == 1 {
+                            _mm256_loadu_ps(at)
+                        } else {
+                            // The even columns of 16 (the last odd one is not read).
+                            let (lo, hi) = (
+                                _mm256_loadu_ps(at),
+                                _mm256_maskload_ps(at.add(8), _mm256_setr_epi32(-1, 0, -1, 0, -1, 0, -1, 0)),
+                            );
+                            let evens = _mm256_shuffle_ps::<0b10_00_10_00>(lo, hi);
+                            _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(evens)))
+                        };
+                        nan |= _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
+                        let v = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(v, vinv), vmin), vmax);
+                        _mm256_add_epi32(_mm256_cvtps_epi32(v), offset)
+                    },
+                };
+                word = _mm256_or_si256(word, _mm256_sllv_epi32(level, _mm256_set1_epi32(8 * j as i32)));
+            }
+            // SAFETY: 8 words of `out` (block < out.len() / 8).
+            unsafe { _mm256_storeu_si256(out.as_mut_ptr().add(block * 8).cast(), word) };
+        }
+        (blocks * 8, nan != 0)
+    }
 }
 
 /// # Safety
@@ -467,6 +557,141 @@ unsafe fn tile_vnni(weights: *const i8, buffer: *const u8, offsets: &[usize], st
         unsafe {
             _mm512_storeu_si512(acc.as_mut_ptr().add(r * NR).cast(), c[0]);
             _mm512_storeu_si512(acc.as_mut_ptr().add(r * NR + 16).cast(), c[1]);
+        }
+    }
+}
+
+/// [`tile_vnni`] with 256-bit registers: blocks of 8 positions, each keeping its MR sums in
+/// eight registers.
+///
+/// # Safety
+/// The CPU has AVX2 and AVX-VNNI; `weights` holds `offsets.len()` × MR × 4 bytes and `buffer`
+/// every row `(offsets[q] + start) · 4 .. + NR · 4`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avxvnni")]
+unsafe fn tile_avx_vnni(
+    weights: *const i8,
+    buffer: *const u8,
+    offsets: &[usize],
+    start: usize,
+    acc: &mut [i32; MR * NR],
+) {
+    use std::arch::x86_64::*;
+    const BLOCK: usize = 8;
+    const { assert!(NR.is_multiple_of(BLOCK)) };
+    for block in 0..NR / BLOCK {
+        let mut c = [_mm256_setzero_si256(); MR];
+        for (q, &offset) in offsets.iter().enumerate() {
+            // SAFETY: inside the buffer and the weights (the caller's contract).
+            unsafe {
+                let b = _mm256_loadu_si256(buffer.add((offset + start + block * BLOCK) * 4).cast());
+                let w = weights.add(q * MR * 4).cast::<i32>();
+                for (r, c) in c.iter_mut().enumerate() {
+                    *c = _mm256_dpbusd_avx_epi32(*c, b, _mm256_set1_epi32(w.add(r).read_unaligned()));
+                }
+            }
+        }
+        for (r, c) in c.iter().enumerate() {
+            // SAFETY: `acc` holds MR rows of NR sums; 8 of row r from block · 8.
+            unsafe { _mm256_storeu_si256(acc.as_mut_ptr().add(r * NR + block * BLOCK).cast(), *c) };
+        }
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+mod arm {
+    use super::{MR, NR};
+    use std::arch::aarch64::*;
+
+    /// Positions per block: an 8 × 8 block keeps its sums in 16 registers.
+    const BLOCK: usize = 8;
+
+    /// `acc` + the dot product of each 4-byte group of `b` with group `L` of `w` (`sdot` by
+    /// element: stable Rust has no intrinsic for it yet).
+    ///
+    /// # Safety
+    /// The CPU has the dot-product extension.
+    #[inline(always)]
+    unsafe fn sdot<const L: i32>(acc: int32x4_t, b: int8x16_t, w: int8x16_t) -> int32x4_t {
+        let mut acc = acc;
+        // SAFETY: a register-only instruction the CPU has (the caller's contract).
+        unsafe {
+            std::arch::asm!(
+                "sdot {acc:v}.4s, {b:v}.16b, {w:v}.4b[{l}]",
+                acc = inout(vreg) acc,
+                b = in(vreg) b,
+                w = in(vreg) w,
+                l = const L,
+                options(pure, nomem, nostack, preserves_flags),
+            );
+        }
+        acc
+    }
+
+    /// [`tile`](super::tile) with `sdot`: the bytes (u8) are flipped to i8 (b − 128) as they are
+    /// loaded, and 128 × Σ weights is added back to each sum, so the sums equal the other
+    /// kernels' exactly.
+    ///
+    /// # Safety
+    /// The CPU has the dot-product extension; `weights` holds `offsets.len()` × MR × 4 bytes
+    /// and `buffer` every row `(offsets[q] + start) · 4 .. + NR · 4`.
+    #[target_feature(enable = "neon,dotprod")]
+    pub unsafe fn tile_dot(
+        weights: *const i8,
+        buffer: *const u8,
+        offsets: &[usize],
+        start: usize,
+        acc: &mut [i32; MR * NR],
+    ) {
+        const { assert!(MR == 8 && NR.is_multiple_of(BLOCK)) };
+        let flip = vdupq_n_u8(0x80);
+        // Σ weights of each channel (channels 0..4, 4..8), by pairwise widening adds.
+        let mut sums = [vdupq_n_s32(0); 2];
+        for q in 0..offsets.len() {
+            for (half, sum) in sums.iter_mut().enumerate() {
+                // SAFETY: inside the weights (the caller's contract).
+                let w = unsafe { vld1q_s8(weights.add(q * MR * 4 + half * 16)) };
+                *sum = vpadalq_s16(*sum, vpaddlq_s8(w));
+            }
+        }
+        let offset = sums.map(|s| vshlq_n_s32::<7>(s));
+        for block in 0..NR / BLOCK {
+            // c[r][h]: channel r, positions 4h..4h + 4 of the block.
+            let mut c = [[vdupq_n_s32(0); 2]; MR];
+            for (q, &at) in offsets.iter().enumerate() {
+                // SAFETY: inside the buffer and the weights (the caller's contract).
+                let (b, w) = unsafe {
+                    let row = buffer.add((at + start + block * BLOCK) * 4);
+                    let flipped = |p: *const u8| vreinterpretq_s8_u8(veorq_u8(vld1q_u8(p), flip));
+                    let w = weights.add(q * MR * 4);
+                    ([flipped(row), flipped(row.add(16))], [vld1q_s8(w), vld1q_s8(w.add(16))])
+                };
+                for h in 0..2 {
+                    // SAFETY: the CPU has the extension (the caller's contract).
+                    unsafe {
+                        c[0][h] = sdot::<0>(c[0][h], b[h], w[0]);
+                        c[1][h] = sdot::<1>(c[1][h], b[h], w[0]);
+                        c[2][h] = sdot::<2>(c[2][h], b[h], w[0]);
+                        c[3][h] = sdot::<3>(c[3][h], b[h], w[0]);
+                        c[4][h] = sdot::<0>(c[4][h], b[h], w[1]);
+                        c[5][h] = sdot::<1>(c[5][h], b[h], w[1]);
+                        c[6][h] = sdot::<2>(c[6][h], b[h], w[1]);
+                        c[7][h] = sdot::<3>(c[7][h], b[h], w[1]);
+                    }
+                }
+            }
+            for (r, c) in c.iter().enumerate() {
+                let back = match r % 4 {
+                    0 => vdupq_laneq_s32::<0>(offset[r / 4]),
+                    1 => vdupq_laneq_s32::<1>(offset[r / 4]),
+                    2 => vdupq_laneq_s32::<2>(offset[r / 4]),
+                    _ => vdupq_laneq_s32::<3>(offset[r / 4]),
+                };
+                for (h, c) in c.iter().enumerate() {
+                    // SAFETY: `acc` holds MR rows of NR sums; 4 of row r from block · 8 + 4h.
+                    unsafe { vst1q_s32(acc.as_mut_ptr().add(r * NR + block * BLOCK + h * 4), vaddq_s32(*c, back)) };
+                }
+            }
         }
     }
 }

@@ -1,14 +1,16 @@
 //! The native CPU backend: both graphs lowered to a [`Plan`](super::plan::Plan) and compiled
 //! into [`Program`]s that run on one arena per session, allocated once when the session is
-//! created, with this crate's own kernels (`gemm.rs`: AVX-512 / AVX2 tile kernels, packed
-//! weights; `int8.rs`: int8 convolutions, AVX-512 VNNI; `kernels.rs`: everything else). A frame
-//! allocates nothing.
+//! created, with this crate's own kernels (`gemm.rs`: AVX-512 / AVX2 / NEON tile kernels, packed
+//! weights; `int8.rs`: int8 convolutions, AVX-512 VNNI / AVX-VNNI / `sdot`; `kernels.rs`: everything else).
+//! A frame allocates nothing.
 //!
 //! Weights are converted to f32 (an fp16 engine's too) and convolution weights packed for the
 //! tile kernel once at open; the engine's graph sections are not used after that. In an int8
-//! engine, a convolution whose input is quantised and whose weights are int8 runs in int8
-//! (`int8.rs`; its weights packed as int8 at open); everything else runs in f32 on the
-//! dequantised values, as the QDQ graph says. An engine whose graphs do not lower (an op the plan
+//! engine on a CPU with an int8 kernel (AVX-512 VNNI, AVX-VNNI, aarch64 `sdot`), a convolution whose
+//! input is quantised and whose weights are int8 runs in int8 (`int8.rs`; its weights packed as
+//! int8 at open); everything else runs in f32 on the dequantised values, as the QDQ graph says.
+//! Elsewhere the int8 convolutions run in f32 too: the portable int8 kernel is slower than the
+//! f32 tiles. An engine whose graphs do not lower (an op the plan
 //! lacks) is refused with the node named, and `auto` then runs it with tract.
 //!
 //! `--threads` N runs the convolutions and matrix products on a pool of N threads per session
@@ -65,10 +67,20 @@ impl NativeBackend {
     /// Lowers and compiles both graphs of the engine for sessions of `threads` threads, or says
     /// why it cannot (the node the plan cannot express, or sizes that do not fit).
     pub fn prepare(file: &EngineFile, manifest: &Manifest, threads: usize) -> Result<Self> {
+        Self::prepare_with(file, manifest, threads, int8::Kernel::detect())
+    }
+
+    /// [`NativeBackend::prepare`] with the int8 convolutions on `int8` (none: in f32).
+    fn prepare_with(
+        file: &EngineFile,
+        manifest: &Manifest,
+        threads: usize,
+        int8: Option<int8::Kernel>,
+    ) -> Result<Self> {
         let isa = Isa::detect();
         let refuse = |graph: &'static str| move |what: String| Error::contract(graph, what);
         let encoder_plan = plan::lower_engine(file, manifest, Graph::Encoder, "cpu")?;
-        let encoder = Program::compile(&encoder_plan, isa, 0, &[]).map_err(refuse("encoder"))?;
+        let encoder = Program::compile(&encoder_plan, isa, int8, 0, &[]).map_err(refuse("encoder"))?;
         let mut features = Vec::new();
         for (name, slot) in encoder.outputs.iter().filter(|(name, _)| name != "ctx") {
             if !matches!(slot.place, Place::Arena(_)) {
@@ -77,7 +89,8 @@ impl NativeBackend {
             features.push((name.as_str(), *slot));
         }
         let decoder_plan = plan::lower_engine(file, manifest, Graph::Decoder, "cpu")?;
-        let decoder = Program::compile(&decoder_plan, isa, encoder.arena_end, &features).map_err(refuse("decoder"))?;
+        let decoder =
+            Program::compile(&decoder_plan, isa, int8, encoder.arena_end, &features).map_err(refuse("decoder"))?;
         let find = |program: &Program, outputs: bool, name: &str, graph: &'static str| {
             let list = if outputs { &program.outputs } else { &program.inputs };
             list.iter()
@@ -108,16 +121,19 @@ impl NativeBackend {
                 return Err(Error::contract("graph", "an input is a constant"));
             }
         }
-        let int8 = [&shared.encoder, &shared.decoder]
+        let converted = [&shared.encoder, &shared.decoder]
             .iter()
             .flat_map(|p| &p.steps)
             .filter(|s| matches!(s.extra, program::Extra::Int8Conv { .. }))
             .count();
+        let int8 = match int8 {
+            Some(kernel) => format!("{converted} int8 convolutions on {} kernels", kernel.name()),
+            None => "no int8 kernel for this CPU: int8 convolutions in f32".into(),
+        };
         log::info!(
-            "cpu: native executor ({} kernels; {int8} int8 convolutions on {} kernels; {} thread(s)), {} + {} steps, \
+            "cpu: native executor ({} kernels; {int8}; {} thread(s)), {} + {} steps, \
              {:.1} MiB of arena per session",
             isa.name(),
-            shared.encoder.int8.name(),
             shared.threads,
             shared.encoder.steps.len(),
             shared.decoder.steps.len(),

@@ -132,7 +132,8 @@ pub struct Step {
 pub struct Program {
     /// The tile kernel the packed weights are laid out for.
     pub isa: Isa,
-    /// The int8 convolutions' tile kernel.
+    /// The int8 convolutions' tile kernel (unused when `compile` was given none: then no step
+    /// is an int8 convolution).
     pub int8: int8::Kernel,
     /// The work, in order.
     pub steps: Vec<Step>,
@@ -150,12 +151,22 @@ pub struct Program {
 }
 
 impl Program {
-    /// Compiles `plan` for `isa`, placing its arena values from offset `base` on; `bound` gives
+    /// Compiles `plan` for `isa` (its int8 convolutions for `int8`, or in f32 when none), placing
+    /// its arena values from offset `base` on; `bound` gives
     /// inputs a place fixed elsewhere (the decoder reads the encoder's features where the
     /// encoder wrote them). An inconsistent plan (sizes that do not match) is refused with the
     /// node's name.
-    pub fn compile(plan: &Plan, isa: Isa, base: usize, bound: &[(&str, Slot)]) -> Result<Program, String> {
-        let steps = quantised_convolutions(plan, fuse(plan));
+    pub fn compile(
+        plan: &Plan,
+        isa: Isa,
+        int8: Option<int8::Kernel>,
+        base: usize,
+        bound: &[(&str, Slot)],
+    ) -> Result<Program, String> {
+        let steps = match int8 {
+            Some(_) => quantised_convolutions(plan, fuse(plan)),
+            None => fuse(plan),
+        };
         let mut constants = Vec::new();
         let mut constant_slots: HashMap<ValueId, Slot> = HashMap::new();
         let root = |v: ValueId| match plan.values[v].kind {
@@ -311,7 +322,7 @@ impl Program {
                 return Err(format!("node `{}` would overwrite its own input", step.node));
             }
         }
-        let int8 = int8::Kernel::detect();
+        let int8 = int8.unwrap_or(int8::Kernel::Portable);
         Ok(Program { isa, int8, steps: compiled, constants, arena_end, scratch, inputs, outputs })
     }
 }

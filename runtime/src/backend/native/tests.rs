@@ -51,7 +51,8 @@ fn frame(runner: &mut dyn Runner, manifest: &Manifest, seed: u64) -> (Vec<f32>, 
 /// Every bundled engine gives tract's context and logits, within 1e-4 of their scale (the float
 /// engines) or 3e-2 (the int8 engine: its convolutions sum exact int8 products where tract sums
 /// floats, and a last-bit difference can move a later activation to the next int8 level: 0.13 of
-/// logits up to 11 on these frames, where the quantiser's report puts int8 within 0.34 of fp32).
+/// logits up to 11 on these frames, where the quantiser's report puts int8 within 0.34 of fp32);
+/// with its int8 convolutions in f32 (CPUs without an int8 kernel), 1e-4 too.
 #[cfg(feature = "tract")]
 #[test]
 fn the_bundled_engines_match_tract() {
@@ -62,17 +63,24 @@ fn the_bundled_engines_match_tract() {
         ("prototype.plan", 1e-4),
     ] {
         let engine = bundled(name);
-        let native =
-            NativeBackend::prepare(&engine.file, &engine.manifest, 1).unwrap_or_else(|e| panic!("{name}: {e}"));
         let tract = TractBackend::prepare(&engine.file, &engine.manifest, 1).unwrap();
-        let (mut ours, mut theirs) = (native.runner().unwrap(), tract.runner().unwrap());
-        for seed in 0..2 {
-            let (ctx, logits) = frame(ours.as_mut(), &engine.manifest, seed);
-            let (ctx_t, logits_t) = frame(theirs.as_mut(), &engine.manifest, seed);
-            for (what, a, b) in [("ctx", &ctx, &ctx_t), ("logits", &logits, &logits_t)] {
-                let (diff, scale) = difference(a, b);
-                eprintln!("{name} seed {seed} {what}: max |Δ| {diff:.2e}, scale {scale:.2e}");
-                assert!(diff <= tolerance * scale.max(1.0), "{name} {what}: max |Δ| {diff} at scale {scale}");
+        // The int8 convolutions in int8 on each fast kernel the CPU has and, as on CPUs without
+        // one, in f32.
+        let fast = int8_kernels().into_iter().filter(|&k| k != int8::Kernel::Portable);
+        for int8 in fast.map(Some).chain([None]) {
+            let native = NativeBackend::prepare_with(&engine.file, &engine.manifest, 1, int8)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            let (mut ours, mut theirs) = (native.runner().unwrap(), tract.runner().unwrap());
+            // In f32, the int8 engine's convolutions sum floats as tract's do.
+            let tolerance = if int8.is_none() { 1e-4 } else { tolerance };
+            for seed in 0..2 {
+                let (ctx, logits) = frame(ours.as_mut(), &engine.manifest, seed);
+                let (ctx_t, logits_t) = frame(theirs.as_mut(), &engine.manifest, seed);
+                for (what, a, b) in [("ctx", &ctx, &ctx_t), ("logits", &logits, &logits_t)] {
+                    let (diff, scale) = difference(a, b);
+                    eprintln!("{name} ({int8:?}) seed {seed} {what}: max |Δ| {diff:.2e}, scale {scale:.2e}");
+                    assert!(diff <= tolerance * scale.max(1.0), "{name} {what}: max |Δ| {diff} at scale {scale}");
+                }
             }
         }
     }
@@ -87,7 +95,8 @@ fn the_bundled_engines_do_not_depend_on_the_thread_count() {
         let runs: Vec<_> = [1, 3]
             .into_iter()
             .map(|threads| {
-                let native = NativeBackend::prepare(&engine.file, &engine.manifest, threads).unwrap();
+                let native =
+                    NativeBackend::prepare_with(&engine.file, &engine.manifest, threads, Some(int8_kernel())).unwrap();
                 frame(native.runner().unwrap().as_mut(), &engine.manifest, 0)
             })
             .collect();
@@ -114,11 +123,25 @@ fn one_step(op: Op, inputs: &[Vec<usize>], weights: &[Vec<usize>], out: Vec<usiz
     Plan { values, inputs: plan_inputs, outputs: vec![("out".into(), output)], steps: vec![step] }
 }
 
-/// `plan`'s outputs from the native executor with the tile kernel `isa`, on `inputs`, every
-/// convolution and matrix product split over three threads; checks that one thread gives the
-/// same outputs, bit for bit.
+/// The int8 kernel of this CPU, or the portable one: the tests run int8 convolutions in int8
+/// even where the runtime would run them in f32.
+fn int8_kernel() -> int8::Kernel {
+    int8::Kernel::detect().unwrap_or(int8::Kernel::Portable)
+}
+
+/// Every int8 kernel this CPU can run, the portable one first.
+fn int8_kernels() -> Vec<int8::Kernel> {
+    [int8::Kernel::Portable, int8::Kernel::Vnni, int8::Kernel::AvxVnni, int8::Kernel::Dot]
+        .into_iter()
+        .filter(|k| k.supported())
+        .collect()
+}
+
+/// `plan`'s outputs from the native executor with the tile kernel `isa` (and [`int8_kernel`]),
+/// on `inputs`, every convolution and matrix product split over three threads; checks that one
+/// thread gives the same outputs, bit for bit.
 fn run_native(plan: &Plan, isa: Isa, inputs: &[Vec<f32>]) -> (Program, Vec<Vec<f32>>) {
-    let program = Program::compile(plan, isa, 0, &[]).unwrap();
+    let program = Program::compile(plan, isa, Some(int8_kernel()), 0, &[]).unwrap();
     let outputs = run_compiled(&program, inputs);
     (program, outputs)
 }
@@ -244,7 +267,7 @@ fn convolutions_read_in_place_match_the_reference() {
                 vec![2, c_out, out_h, w],
                 seed,
             );
-            let program = Program::compile(&plan, Isa::detect(), 0, &[]).unwrap();
+            let program = Program::compile(&plan, Isa::detect(), None, 0, &[]).unwrap();
             let Extra::Conv(extra) = &program.steps[0].extra else { panic!("a convolution") };
             let in_place = !matches!(extra.columns, super::program::Columns::Im2col);
             assert!(in_place || w % Isa::detect().nr() != 0, "{op:?} reads its input in place");
@@ -304,8 +327,8 @@ fn fused_convolutions_match_the_unfused_reference() {
 #[test]
 fn int8_convolutions_match_the_reference() {
     let mut rng = ChaCha8Rng::seed_from_u64(5);
-    let mut kernels = vec![int8::Kernel::Portable, int8::Kernel::detect()];
-    kernels.dedup();
+    let kernels = int8_kernels();
+    assert!(kernels.len() > 1 || int8::Kernel::detect().is_none(), "{kernels:?}: the detected kernel is tested");
     let mut done = 0;
     while done < 80 {
         let (c_in, c_out) = (rng.random_range(1..=11), rng.random_range(1..=20));
@@ -358,7 +381,7 @@ fn int8_convolutions_match_the_reference() {
         let plan = Plan { values, inputs, outputs: vec![("out".into(), last)], steps };
         let data = vec![noise(x_len, done as u64, [-1.5, 1.5]), noise(len, done as u64 + 7, [-1.0, 1.0])];
         let expected = reference::run(&plan, &[&data[0], &data[1]]);
-        let mut program = Program::compile(&plan, Isa::detect(), 0, &[]).unwrap();
+        let mut program = Program::compile(&plan, Isa::detect(), Some(int8::Kernel::Portable), 0, &[]).unwrap();
         assert_eq!(program.steps.len(), 1, "{op:?}: quantize, conv, add and relu are one step");
         assert!(matches!(program.steps[0].extra, Extra::Int8Conv { .. }), "{op:?}");
         for &kernel in &kernels {
@@ -409,11 +432,15 @@ fn a_nan_reaches_the_output_of_an_int8_convolution() {
     let (program, clean) = run_native(&plan, Isa::detect(), std::slice::from_ref(&x));
     assert!(matches!(program.steps[0].extra, Extra::Int8Conv { .. }));
     assert!(clean[0].iter().all(|v| v.is_finite()));
-    for at in [5, w + 37, h * w + 20] {
-        let mut x = x.clone();
-        x[at] = f32::NAN;
-        let (_, got) = run_native(&plan, Isa::detect(), &[x]);
-        assert!(got[0].iter().all(|v| v.is_nan()), "a NaN at {at}");
+    let mut program = Program::compile(&plan, Isa::detect(), Some(int8::Kernel::Portable), 0, &[]).unwrap();
+    for kernel in int8_kernels() {
+        program.int8 = kernel;
+        for at in [5, w + 37, h * w + 20] {
+            let mut x = x.clone();
+            x[at] = f32::NAN;
+            let got = run_compiled(&program, &[x]);
+            assert!(got[0].iter().all(|v| v.is_nan()), "{kernel:?}: a NaN at {at}");
+        }
     }
 }
 
@@ -604,22 +631,29 @@ fn pooling_and_resizing_match_the_reference() {
 fn inconsistent_sizes_are_refused_at_compile_time() {
     let op = Op::Gather { outer: 2, axis_len: 3, inner: 4, indices: vec![0, 3] };
     let plan = one_step(op, &[vec![2, 3, 4]], &[], vec![2, 2, 4], 0);
-    let err = Program::compile(&plan, Isa::detect(), 0, &[]).unwrap_err();
+    let err = Program::compile(&plan, Isa::detect(), None, 0, &[]).unwrap_err();
     assert!(err.contains("node `step`") && err.contains("index 3"), "{err}");
     let op = Op::Binary { kind: BinaryKind::Add, shape: vec![4, 5], a_strides: vec![5, 1], b_strides: vec![6, 1] };
     let plan = one_step(op, &[vec![4, 5], vec![4, 5]], &[], vec![4, 5], 0);
-    let err = Program::compile(&plan, Isa::detect(), 0, &[]).unwrap_err();
+    let err = Program::compile(&plan, Isa::detect(), None, 0, &[]).unwrap_err();
     assert!(err.contains("b holds 20 values"), "{err}");
 }
 
 /// Prints where a bundled engine's frame spends its time, step by step (not a test of anything:
 /// `SEGICL_PROFILE_ENGINE=prototype.plan cargo test --release -p segicl profile -- --ignored
-/// --nocapture`; default segicl-ref.plan).
+/// --nocapture`; default segicl-ref.plan). `SEGICL_PROFILE_INT8=NAME` runs an int8 engine's
+/// convolutions on the int8 kernel of that name (`portable`, `avx-vnni`, ...), `f32` in f32
+/// (default: as the runtime chooses).
 #[test]
 #[ignore]
 fn profile() {
     let engine = bundled(&std::env::var("SEGICL_PROFILE_ENGINE").unwrap_or_else(|_| "segicl-ref.plan".into()));
-    let native = NativeBackend::prepare(&engine.file, &engine.manifest, 1).unwrap();
+    let int8 = match std::env::var("SEGICL_PROFILE_INT8").as_deref() {
+        Ok("f32") => None,
+        Ok(name) => Some(int8_kernels().into_iter().find(|k| k.name() == name).expect("a kernel this CPU has")),
+        Err(_) => int8::Kernel::detect(),
+    };
+    let native = NativeBackend::prepare_with(&engine.file, &engine.manifest, 1, int8).unwrap();
     let shared = &native.shared;
     let mut arena = vec![0.0; shared.arena];
     let mut scratch = vec![0.0; shared.scratch];
