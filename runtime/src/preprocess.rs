@@ -88,30 +88,30 @@ pub fn frame_planes(frame: &ImageView, colour: ColourRule, (width, height): (usi
         _ => (0, 1, 2),
     };
     let size = (width, height);
-    const S: f32 = 1.0 / 255.0;
     for (c, dst) in out.chunks_exact_mut(plane).enumerate() {
         match (frame.format(), colour) {
-            (PixelFormat::Gray8, _) => resample::<1>(frame, size, dst, |p| p[0] as f32 * S),
+            (PixelFormat::Gray8, _) => resample_bytes::<1>(frame, size, dst, [1.0]),
             (PixelFormat::Gray16, _) => {
                 resample::<2>(frame, size, dst, |p| u16::from_ne_bytes([p[0], p[1]]) as f32 * (1.0 / 65535.0))
             }
-            (format, ColourRule::Luma) => {
-                let luma = |p: &[u8]| (0.299 * p[r] as f32 + 0.587 * p[g] as f32 + 0.114 * p[b] as f32) * S;
-                match format {
-                    PixelFormat::Rgba8 => resample::<4>(frame, size, dst, luma),
-                    _ => resample::<3>(frame, size, dst, luma),
-                }
-            }
             (format, rule) => {
-                let k = if rule == ColourRule::Green { g } else { [r, g, b][c] };
+                let mut weights = [0.0; 4];
+                match rule {
+                    ColourRule::Luma => [weights[r], weights[g], weights[b]] = LUMA,
+                    ColourRule::Green => weights[g] = 1.0,
+                    ColourRule::Rgb => weights[[r, g, b][c]] = 1.0,
+                }
                 match format {
-                    PixelFormat::Rgba8 => resample::<4>(frame, size, dst, |p| p[k] as f32 * S),
-                    _ => resample::<3>(frame, size, dst, |p| p[k] as f32 * S),
+                    PixelFormat::Rgba8 => resample_bytes::<4>(frame, size, dst, weights),
+                    _ => resample_bytes::<3>(frame, size, dst, [weights[0], weights[1], weights[2]]),
                 }
             }
         }
     }
 }
+
+/// Luma's weights of red, green and blue (ITU-R BT.601).
+const LUMA: [f32; 3] = [0.299, 0.587, 0.114];
 
 /// Area-resizes one channel of `frame`, whose pixels are `N` bytes, into `dst` of `size`;
 /// `px(bytes)` reads the channel from a pixel's bytes.
@@ -120,6 +120,15 @@ fn resample<const N: usize>(frame: &ImageView, size: (usize, usize), dst: &mut [
     debug_assert_eq!(frame.format().bytes_per_pixel(), N);
     let pixels = Pixels::<N, _> { bytes: frame.bytes(), stride: frame.stride(), width: frame.width(), px };
     area_resize_rows((frame.width(), frame.height()), size, dst, &pixels);
+}
+
+/// [`resample`] of the channel `Σ weights[k] · byte k / 255` of a frame of `N`-byte pixels, the
+/// bytes of each span summed as integers.
+#[inline]
+fn resample_bytes<const N: usize>(frame: &ImageView, size: (usize, usize), dst: &mut [f32], weights: [f32; N]) {
+    debug_assert_eq!(frame.format().bytes_per_pixel(), N);
+    let bytes = Bytes::<N> { bytes: frame.bytes(), stride: frame.stride(), width: frame.width(), weights };
+    area_resize_rows((frame.width(), frame.height()), size, dst, &bytes);
 }
 /// Normalises `values` (channel planes of `plane` floats each) in place by `rule`: min-max over
 /// all of them (a flat image becomes zeros) or mean/std per plane.
@@ -237,6 +246,50 @@ impl<const N: usize, P: Fn(&[u8]) -> f32> Source for Pixels<'_, N, P> {
     }
 }
 
+/// A channel that is a weighted sum of the bytes of pixels of `N` bytes, rows `stride` bytes
+/// apart: `Σ weights[k] · byte k / 255`. A span's bytes are summed as integers, exactly and in
+/// any order (the compiler vectorises it), and weighted once.
+struct Bytes<'a, const N: usize> {
+    bytes: &'a [u8],
+    stride: usize,
+    width: usize,
+    weights: [f32; N],
+}
+
+impl<const N: usize> Bytes<'_, N> {
+    /// The channel's value for the byte sums `sums` of some pixels.
+    #[inline]
+    fn value(&self, sums: [u32; N]) -> f32 {
+        const S: f32 = 1.0 / 255.0;
+        sums.iter().zip(&self.weights).map(|(&n, &w)| n as f32 * w).sum::<f32>() * S
+    }
+}
+
+impl<const N: usize> Source for Bytes<'_, N> {
+    #[inline]
+    fn sample(&self, x: usize, y: usize) -> f32 {
+        debug_assert!(x < self.width);
+        let p = &self.bytes[y * self.stride + x * N..][..N];
+        self.value(std::array::from_fn(|k| u32::from(p[k])))
+    }
+
+    #[inline]
+    fn add_span(&self, y: usize, xs: std::ops::Range<usize>, acc: f32) -> f32 {
+        debug_assert!(xs.end <= self.width);
+        let span = &self.bytes[y * self.stride + xs.start * N..y * self.stride + xs.end * N];
+        // 2^24 pixels of 255 at most per u32 sum.
+        span.chunks(N << 24).fold(acc, |acc, chunk| {
+            let mut sums = [0u32; N];
+            for p in chunk.chunks_exact(N) {
+                for (sum, &b) in sums.iter_mut().zip(p) {
+                    *sum += u32::from(b);
+                }
+            }
+            acc + self.value(sums)
+        })
+    }
+}
+
 /// Rows of a footprint summed in one pass (see [`Pixels`]).
 const ROWS: usize = 8;
 
@@ -327,10 +380,34 @@ mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
 
+    /// The area average of `sample` over each output pixel's footprint, in f64.
+    fn exact_area_resize(
+        (w, h): (usize, usize),
+        (ow, oh): (usize, usize),
+        sample: impl Fn(usize, usize) -> f64,
+    ) -> Vec<f64> {
+        let (sx, sy) = (w as f32 / ow as f32, h as f32 / oh as f32);
+        let mut out = vec![0.0; ow * oh];
+        for oy in 0..oh {
+            let ys = Span::new(oy, sy, h);
+            for ox in 0..ow {
+                let xs = Span::new(ox, sx, w);
+                let mut acc = 0.0;
+                for y in ys.first..ys.end {
+                    for x in xs.first..xs.end {
+                        acc += f64::from(ys.weight(y)) * f64::from(xs.weight(x)) * sample(x, y);
+                    }
+                }
+                out[oy * ow + ox] = acc / (f64::from(xs.len) * f64::from(ys.len));
+            }
+        }
+        out
+    }
+
     #[test]
-    fn row_passes_give_the_per_sample_sums_bit_for_bit() {
-        // frame_planes reads rows as slices, several rows at once; area_resize with a closure
-        // reads one sample at a time. Footprints from under one pixel to 20 rows tall.
+    fn frame_planes_are_the_area_averages_of_each_channel() {
+        // Every pixel format and colour rule, footprints from under one pixel to 20 rows tall,
+        // against the area average computed sample by sample in f64.
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
         let formats =
             [PixelFormat::Gray8, PixelFormat::Gray16, PixelFormat::Rgb8, PixelFormat::Bgr8, PixelFormat::Rgba8];
@@ -346,25 +423,27 @@ mod tests {
                 let mut got = vec![0.0f32; colour.channels() * out.0 * out.1];
                 frame_planes(&frame, colour, out, &mut got);
                 for (c, plane) in got.chunks_exact(out.0 * out.1).enumerate() {
-                    let mut want = vec![0.0f32; out.0 * out.1];
-                    area_resize((w, h), out, &mut want, |x, y| {
+                    let want = exact_area_resize((w, h), out, |x, y| {
                         let p = &data[y * stride + x * bpp..][..bpp];
-                        const S: f32 = 1.0 / 255.0;
                         match format {
-                            PixelFormat::Gray8 => return p[0] as f32 * S,
-                            PixelFormat::Gray16 => return u16::from_ne_bytes([p[0], p[1]]) as f32 * (1.0 / 65535.0),
+                            PixelFormat::Gray8 => return f64::from(p[0]) / 255.0,
+                            PixelFormat::Gray16 => return f64::from(u16::from_ne_bytes([p[0], p[1]])) / 65535.0,
                             _ => {}
                         }
                         let (r, g, b) =
                             if format == PixelFormat::Bgr8 { (p[2], p[1], p[0]) } else { (p[0], p[1], p[2]) };
+                        let [r, g, b] = [r, g, b].map(|v| f64::from(v) / 255.0);
                         match colour {
-                            ColourRule::Luma => (0.299 * r as f32 + 0.587 * g as f32 + 0.114 * b as f32) * S,
-                            ColourRule::Green => g as f32 * S,
-                            ColourRule::Rgb => [r, g, b][c] as f32 * S,
+                            ColourRule::Luma => 0.299 * r + 0.587 * g + 0.114 * b,
+                            ColourRule::Green => g,
+                            ColourRule::Rgb => [r, g, b][c],
                         }
                     });
-                    let same = plane.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
-                    assert!(same, "case {case}: {format:?} {w}×{h} → {out:?}, {colour:?} plane {c}");
+                    let worst = plane.iter().zip(&want).map(|(&a, &b)| (f64::from(a) - b).abs()).fold(0.0, f64::max);
+                    assert!(
+                        worst <= 2e-6,
+                        "case {case}: {format:?} {w}×{h} → {out:?}, {colour:?} plane {c}: {worst:e}"
+                    );
                 }
             }
         }
