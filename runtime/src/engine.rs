@@ -1,7 +1,7 @@
 //! An opened engine: the verified file, its manifest, default shots and prepared backend,
 //! shared read-only by any number of sessions.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::backend::{self, BackendChoice};
@@ -31,7 +31,9 @@ impl Default for EngineOptions {
 pub struct Engine(Arc<Inner>);
 
 struct Inner {
-    file: EngineFile,
+    /// Where the file was read from: the file's bytes are dropped once the backend is prepared
+    /// (the backends keep what they run; the manifest and default shots are parsed).
+    path: PathBuf,
     manifest: Manifest,
     shots: DefaultShots,
     backend: Box<dyn backend::Backend>,
@@ -40,7 +42,7 @@ struct Inner {
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
-            .field("path", &self.0.file.path())
+            .field("path", &self.0.path)
             .field("model", &self.0.manifest.name)
             .field("backend", &self.0.backend.name())
             .finish()
@@ -117,7 +119,8 @@ impl Engine {
             manifest.resolution,
             backend.name()
         );
-        Ok(Engine(Arc::new(Inner { file, manifest, shots, backend })))
+        let path = file.path().to_path_buf();
+        Ok(Engine(Arc::new(Inner { path, manifest, shots, backend })))
     }
 
     /// The manifest.
@@ -137,7 +140,7 @@ impl Engine {
 
     /// Where the engine was opened from.
     pub fn path(&self) -> &Path {
-        self.0.file.path()
+        &self.0.path
     }
 
     /// A new session with its own context cache and buffers.
