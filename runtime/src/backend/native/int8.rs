@@ -218,7 +218,7 @@ impl Conv8 {
         let p = out_h * out_w;
         assert!(out.len() >= self.c_out * p && residual.is_none_or(|r| r.len() >= self.c_out * p));
         let buffer = &mut scratch[..self.bytes];
-        if !self.quantise(kernel, x, buffer) {
+        if !self.quantise(kernel, x, buffer, threads) {
             out[..self.c_out * p].fill(f32::NAN);
             return;
         }
@@ -238,39 +238,49 @@ impl Conv8 {
         });
     }
 
-    /// Fills `buffer` with the bytes of `x`'s levels (padding at the zero level); false when `x`
-    /// holds a NaN.
-    fn quantise(&self, kernel: Kernel, x: &[f32], buffer: &mut [u8]) -> bool {
+    /// Fills `buffer` with the bytes of `x`'s levels (padding at the zero level), the quads
+    /// split over `threads` as the convolution is; false when `x` holds a NaN.
+    fn quantise(&self, kernel: Kernel, x: &[f32], buffer: &mut [u8], threads: &Threads) -> bool {
         let Window { h, w, stride: [sh, sw], pad, .. } = self.window;
-        buffer.fill((-self.min) as u8);
+        let zero = u32::from_ne_bytes([(-self.min) as u8; 4]);
         // A quad's four bytes as one little-endian word (channel j in byte j); the buffer comes
-        // from f32 scratch, so it is aligned.
+        // from f32 scratch, so it is aligned. Each quad's phase grids are one run of words.
         let words: &mut [u32] = bytemuck::cast_slice_mut(buffer);
         let phase_len = self.grid[0] * self.grid[1];
+        let (quads, quad_len) = (self.c_in.div_ceil(4), sh * sw * phase_len);
+        let (grids, past) = words.split_at_mut(quads * quad_len);
+        past.fill(zero);
         let plane = |c: usize| (c < self.c_in).then(|| &x[c * h * w..][..h * w]);
         let levels = [self.inv_scale, self.min, self.max];
-        let mut nan = false;
-        for quad in 0..self.c_in.div_ceil(4) {
-            let planes = [0, 1, 2, 3].map(|j| plane(quad * 4 + j));
-            for y in 0..h {
-                let py = y + pad[0];
-                let line = py / sh * self.grid[1];
-                let rows = planes.map(|p| p.map(|p| &p[y * w..][..w]));
-                // The row's columns by phase: those with (x + pad) % sw == b are consecutive
-                // positions of phase b's grid row.
-                for b in 0..sw {
-                    let first = (b + sw - pad[1] % sw) % sw;
-                    if first >= w {
-                        continue;
+        let nan = std::sync::atomic::AtomicBool::new(false);
+        threads.split(grids, quad_len, quads, self.cost(), |_, part, words| {
+            words.fill(zero);
+            let mut found = false;
+            for (quad, words) in part.zip(words.chunks_exact_mut(quad_len)) {
+                let planes = [0, 1, 2, 3].map(|j| plane(quad * 4 + j));
+                for y in 0..h {
+                    let py = y + pad[0];
+                    let line = py / sh * self.grid[1];
+                    let rows = planes.map(|p| p.map(|p| &p[y * w..][..w]));
+                    // The row's columns by phase: those with (x + pad) % sw == b are consecutive
+                    // positions of phase b's grid row.
+                    for b in 0..sw {
+                        let first = (b + sw - pad[1] % sw) % sw;
+                        if first >= w {
+                            continue;
+                        }
+                        let phase = (py % sh) * sw + (first + pad[1]) % sw;
+                        let unit = phase * phase_len + line + (first + pad[1]) / sw;
+                        let out = &mut words[unit..][..(w - first).div_ceil(sw)];
+                        found |= quantise_words(kernel, rows, first, sw, levels, out);
                     }
-                    let phase = (quad * sh + py % sh) * sw + (first + pad[1]) % sw;
-                    let unit = phase * phase_len + line + (first + pad[1]) / sw;
-                    let out = &mut words[unit..][..(w - first).div_ceil(sw)];
-                    nan |= quantise_words(kernel, rows, first, sw, levels, out);
                 }
             }
-        }
-        !nan
+            if found {
+                nan.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+        !nan.into_inner()
     }
 
     /// Stores the tile `acc` (grid positions `start..start + NR` of channels `channels`) into

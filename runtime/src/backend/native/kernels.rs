@@ -471,7 +471,10 @@ fn conv(
             match &extra.columns {
                 Columns::Padded { offsets, ph, pw } => {
                     let (padded, _) = scratch.split_at_mut(ig * ph * pw);
-                    pad_planes(x, ig, &window, *ph, *pw, padded);
+                    // The input planes padded once, split over the threads as the product is.
+                    threads.split(padded, ph * pw, ig, cost, |_, cs, dst| {
+                        pad_planes(&x[cs.start * h * w..], cs.len(), &window, *ph, *pw, dst);
+                    });
                     let padded = &*padded;
                     threads.split(out, mr * p, og.div_ceil(mr), cost, |_, panels, out| {
                         let (a, epilogue, rows) = part(&panels);
