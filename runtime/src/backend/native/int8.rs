@@ -242,19 +242,19 @@ impl Conv8 {
     /// split over `threads` as the convolution is; false when `x` holds a NaN.
     fn quantise(&self, kernel: Kernel, x: &[f32], buffer: &mut [u8], threads: &Threads) -> bool {
         let Window { h, w, stride: [sh, sw], pad, .. } = self.window;
-        let zero = u32::from_ne_bytes([(-self.min) as u8; 4]);
+        let zero = (-self.min) as u8;
         // A quad's four bytes as one little-endian word (channel j in byte j); the buffer comes
         // from f32 scratch, so it is aligned. Each quad's phase grids are one run of words.
         let words: &mut [u32] = bytemuck::cast_slice_mut(buffer);
         let phase_len = self.grid[0] * self.grid[1];
         let (quads, quad_len) = (self.c_in.div_ceil(4), sh * sw * phase_len);
         let (grids, past) = words.split_at_mut(quads * quad_len);
-        past.fill(zero);
+        bytemuck::cast_slice_mut::<u32, u8>(past).fill(zero);
         let plane = |c: usize| (c < self.c_in).then(|| &x[c * h * w..][..h * w]);
         let levels = [self.inv_scale, self.min, self.max];
         let nan = std::sync::atomic::AtomicBool::new(false);
         threads.split(grids, quad_len, quads, self.cost(), |_, part, words| {
-            words.fill(zero);
+            bytemuck::cast_slice_mut::<u32, u8>(words).fill(zero);
             let mut found = false;
             for (quad, words) in part.zip(words.chunks_exact_mut(quad_len)) {
                 let planes = [0, 1, 2, 3].map(|j| plane(quad * 4 + j));

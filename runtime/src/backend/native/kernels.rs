@@ -46,7 +46,8 @@ pub fn run(
     }
 }
 
-/// Floats of the scratch each thread needs for its B panels in `program` (see [`Threads`]).
+/// Floats of the scratch each thread needs in `program` (see [`Threads`]): its B panels and a
+/// resize's rows resampled across.
 pub fn panel_len(program: &Program) -> usize {
     let nr = program.isa.nr();
     let panel = |step: &Step| match (&step.op, &step.extra) {
@@ -54,6 +55,7 @@ pub fn panel_len(program: &Program) -> usize {
             c_in / groups * window.kernel[0] * window.kernel[1] * nr
         }
         (&Op::MatMul { n, k, .. }, _) if n >= SMALL_N => k * nr,
+        (&Op::Resize { in_h, out_w, .. }, _) => in_h * out_w,
         _ => 0,
     };
     program.steps.iter().map(panel).max().unwrap_or(0)
@@ -148,27 +150,40 @@ fn execute<'m>(
             gather_strided(shape, &signed[..shape.len()], 0, x(0), out)
         }
         &Op::Reduce { kind, outer, len, inner } => reduce(kind, [outer, len, inner], x(0), out),
+        &Op::Softmax { outer, len, inner: 1 } => {
+            // Rows split over the threads; an element costs about 16 multiply-adds (exp's
+            // polynomial, the max, the sum and the scaling).
+            let x = x(0);
+            threads.split(out, len, outer, outer * len * 16, |_, rows, out| {
+                softmax([rows.len(), len, 1], &x[rows.start * len..], out)
+            });
+        }
         &Op::Softmax { outer, len, inner } => softmax([outer, len, inner], x(0), out),
         &Op::LayerNorm { rows, cols, eps } => layer_norm([rows, cols], eps, x(0), x(1), opt(2), out),
         &Op::Pool { kind, planes, window } => pool(kind, planes, &window, x(0), out),
         &Op::Resize { planes, in_h, in_w, out_h, out_w, .. } => {
             let Extra::Resize { rows, cols } = &step.extra else { unreachable!("compiled resizes carry taps") };
             let x = x(0);
-            // Separable: every input row resampled across (into scratch), then each output row
-            // blended from two of those; the same arithmetic as tap by tap.
-            let across = &mut scratch[..in_h * out_w];
-            for (p, plane) in out.chunks_exact_mut(out_h * out_w).take(planes).enumerate() {
-                let src = &x[p * in_h * in_w..][..in_h * in_w];
-                for (row, line) in src.chunks_exact(in_w).zip(across.chunks_exact_mut(out_w)) {
-                    for (o, &(x0, x1, fx)) in line.iter_mut().zip(cols) {
-                        *o = row[x0] * (1.0 - fx) + row[x1] * fx;
+            // Separable: every input row resampled across (into the thread's panel), then each
+            // output row blended from two of those; the same arithmetic as tap by tap. Planes
+            // are split over the threads (two multiply-adds an output, in each pass).
+            let cost = planes * (in_h + out_h) * out_w * 2;
+            threads.split(out, out_h * out_w, planes, cost, |index, ps, out| {
+                let mut panel = threads.panel(index);
+                let across = &mut panel[..in_h * out_w];
+                for (p, plane) in ps.zip(out.chunks_exact_mut(out_h * out_w)) {
+                    let src = &x[p * in_h * in_w..][..in_h * in_w];
+                    for (row, line) in src.chunks_exact(in_w).zip(across.chunks_exact_mut(out_w)) {
+                        for (o, &(x0, x1, fx)) in line.iter_mut().zip(cols) {
+                            *o = row[x0] * (1.0 - fx) + row[x1] * fx;
+                        }
+                    }
+                    for (line, &(y0, y1, fy)) in plane.chunks_exact_mut(out_w).zip(rows) {
+                        let (top, bottom) = (&across[y0 * out_w..][..out_w], &across[y1 * out_w..][..out_w]);
+                        zip(line, top, bottom, |t, b| t * (1.0 - fy) + b * fy);
                     }
                 }
-                for (line, &(y0, y1, fy)) in plane.chunks_exact_mut(out_w).zip(rows) {
-                    let (top, bottom) = (&across[y0 * out_w..][..out_w], &across[y1 * out_w..][..out_w]);
-                    zip(line, top, bottom, |t, b| t * (1.0 - fy) + b * fy);
-                }
-            }
+            });
         }
         Op::Transpose { in_shape, perm } => {
             let (mut shape, mut strides) = ([0usize; MAX_AXES], [0isize; MAX_AXES]);

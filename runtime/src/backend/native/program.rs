@@ -300,7 +300,6 @@ impl Program {
                     if in_h == 0 || in_w == 0 {
                         return Err(fail("resize of an empty image".into()));
                     }
-                    scratch = scratch.max(in_h * out_w);
                     let taps = |i, o| crate::backend::plan::resize_taps(mode, coordinates, i, o);
                     Extra::Resize { rows: taps(in_h, out_h), cols: taps(in_w, out_w) }
                 }
