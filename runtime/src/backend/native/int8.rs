@@ -11,8 +11,7 @@
 //! - A tile is MR × NR sums of u8 × i8 products in i32: `vpdpbusd` on AVX-512 VNNI (512-bit) or
 //!   AVX-VNNI (256-bit, CPUs without AVX-512), `sdot` on aarch64 with the dot-product extension
 //!   (Jetson Orin's Cortex-A78AE; the bytes flipped to i8 and the offset added back), plain Rust
-//!   elsewhere. The sums are exact, so every kernel
-//!   gives the same result bit for bit.
+//!   elsewhere. The sums are exact, so every kernel gives the same result bit for bit.
 //! - The store scales each sum to f32 (input scale × the channel's weight scale) and fuses the
 //!   bias, a residual and the activation.
 //!
@@ -38,8 +37,6 @@ const ROUND: f32 = 12_582_912.0;
 
 /// The tile kernel this CPU runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-// Each architecture detects (constructs) only its own kernels.
-#[allow(dead_code)]
 pub enum Kernel {
     /// AVX-512 VNNI: sixteen 512-bit accumulators.
     Vnni,
