@@ -159,10 +159,8 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
     if !(1..=3).contains(&args.shots) || args.frames == 0 {
         bail!("--shots must be 1 to 3 and --frames at least 1");
     }
-    let opening = Instant::now();
-    let engine = global.open()?;
-    let open_ms = opening.elapsed().as_secs_f64() * 1e3;
-    let mut session = engine.session()?;
+    // The samples first: their making's temporaries are gone before the engine opens, so the
+    // peak RSS is the runtime's, not the sample generator's.
     let shots = synthetic_samples(task, 1, args.shots);
     let mut frames = synthetic_samples(task, 500, 8);
     if let Some(size) = args.frame_size {
@@ -170,6 +168,10 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
             frame.image = scaled(&frame.image, size);
         }
     }
+    let opening = Instant::now();
+    let engine = global.open()?;
+    let open_ms = opening.elapsed().as_secs_f64() * 1e3;
+    let mut session = engine.session()?;
     let (w, h) = (frames[0].image.width, frames[0].image.height);
     let mut mask = OwnedImage::zeros(w, h, PixelFormat::Gray8);
 

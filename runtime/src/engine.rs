@@ -63,22 +63,8 @@ pub struct EngineMetadata {
 impl EngineMetadata {
     /// Maps and verifies `path`, parses the manifest and default shots.
     pub fn open(path: &Path) -> Result<EngineMetadata> {
-        let file = EngineFile::open(path)?;
-        let manifest = Manifest::from_json(file.section(Tag::MANIFEST).expect("verified"))?;
-        let shots = match file.section(Tag::SHOTS) {
-            Some(bytes) => DefaultShots::from_bytes(bytes)?,
-            None => DefaultShots::default(),
-        };
-        let stored: Vec<&str> = shots.names().collect();
-        if stored != manifest.default_shot_tasks {
-            return Err(Error::contract(
-                "manifest",
-                format!(
-                    "default_shot_tasks {:?} does not match the tasks in section SHOTS {stored:?}",
-                    manifest.default_shot_tasks
-                ),
-            ));
-        }
+        let (file, manifest) = open_manifest(path)?;
+        let shots = default_shots(&file, &manifest)?;
         Ok(EngineMetadata { file, manifest, shots })
     }
 
@@ -86,6 +72,33 @@ impl EngineMetadata {
     pub fn card(&self) -> Option<&str> {
         self.file.section(Tag::CARD).and_then(|b| std::str::from_utf8(b).ok())
     }
+}
+
+/// Reads and verifies the engine file at `path` and parses its manifest.
+fn open_manifest(path: &Path) -> Result<(EngineFile, Manifest)> {
+    let file = EngineFile::open(path)?;
+    let manifest = Manifest::from_json(file.section(Tag::MANIFEST).expect("verified"))?;
+    Ok((file, manifest))
+}
+
+/// Decodes the default shots of `file` (none without a SHOTS section) and checks that they are
+/// the tasks `manifest` names.
+fn default_shots(file: &EngineFile, manifest: &Manifest) -> Result<DefaultShots> {
+    let shots = match file.section(Tag::SHOTS) {
+        Some(bytes) => DefaultShots::from_bytes(bytes)?,
+        None => DefaultShots::default(),
+    };
+    let stored: Vec<&str> = shots.names().collect();
+    if stored != manifest.default_shot_tasks {
+        return Err(Error::contract(
+            "manifest",
+            format!(
+                "default_shot_tasks {:?} does not match the tasks in section SHOTS {stored:?}",
+                manifest.default_shot_tasks
+            ),
+        ));
+    }
+    Ok(shots)
 }
 
 /// Most threads a graph may use: four per core of this machine, and never more than 256.
@@ -108,9 +121,11 @@ pub(crate) fn check_threads(threads: usize) -> Result<()> {
 impl Engine {
     /// Maps and verifies `path`, checks both graphs against the manifest and prepares the backend.
     pub fn open(path: impl AsRef<Path>, options: &EngineOptions) -> Result<Engine> {
-        let EngineMetadata { file, manifest, shots } = EngineMetadata::open(path.as_ref())?;
+        let (file, manifest) = open_manifest(path.as_ref())?;
         check_threads(options.threads)?;
         let backend = backend::prepare(options.backend, &file, &manifest, options.threads)?;
+        // Decoded once the backend's temporaries are gone: they are never alive together.
+        let shots = default_shots(&file, &manifest)?;
         log::info!(
             "opened {} ({} {}, R={}, backend {})",
             file.path().display(),
