@@ -484,19 +484,51 @@ fn conv(
                 (&a[panels.start * k * mr..panels.end * k * mr], epilogue(g, channels.clone()), channels.len())
             };
             match &extra.columns {
-                Columns::Padded { offsets, ph, pw } => {
-                    let (padded, _) = scratch.split_at_mut(ig * ph * pw);
-                    // The input planes padded once, split over the threads as the product is.
-                    threads.split(padded, ph * pw, ig, cost, |_, cs, dst| {
-                        pad_planes(&x[cs.start * h * w..], cs.len(), &window, *ph, *pw, dst);
+                &Columns::Padded { ref offsets, stride, ph, pw, len, grid } => {
+                    let (padded, rest) = scratch.split_at_mut(len);
+                    // The input planes rearranged once, split over the threads as the product is.
+                    let plane = stride[0] * stride[1] * ph * pw;
+                    threads.split(padded, plane, ig, cost, |_, cs, dst| {
+                        phase_planes(&x[cs.start * h * w..], cs.len(), &window, [ph, pw], dst);
                     });
                     let padded = &*padded;
-                    threads.split(out, mr * p, og.div_ceil(mr), cost, |_, panels, out| {
-                        let (a, epilogue, rows) = part(&panels);
-                        for oy in 0..out_h {
-                            for ox in (0..out_w).step_by(nr) {
-                                let b = Panel::Rows { data: padded, offsets, start: oy * pw + ox };
-                                gemm::panel_product(isa, rows, p, k, a, b, out, p, oy * out_w + ox, epilogue);
+                    if grid == 0 {
+                        // Whole panels per output row: stored in place, the epilogue fused.
+                        threads.split(out, mr * p, og.div_ceil(mr), cost, |_, panels, out| {
+                            let (a, epilogue, rows) = part(&panels);
+                            for oy in 0..out_h {
+                                for ox in (0..out_w).step_by(nr) {
+                                    let b = Panel::Rows { data: padded, offsets, start: oy * pw + ox };
+                                    gemm::panel_product(isa, rows, p, k, a, b, out, p, oy * out_w + ox, epilogue);
+                                }
+                            }
+                        });
+                        continue;
+                    }
+                    // Over the out_h × pw grid, then each output row copied out with the epilogue.
+                    let grid_out = &mut rest[..og * grid];
+                    threads.split(grid_out, mr * grid, og.div_ceil(mr), cost, |_, panels, grid_out| {
+                        let (a, _, rows) = part(&panels);
+                        for q in (0..grid).step_by(nr) {
+                            let b = Panel::Rows { data: padded, offsets, start: q };
+                            gemm::panel_product(isa, rows, grid, k, a, b, grid_out, grid, q, Epilogue::NONE);
+                        }
+                    });
+                    let grid_out = &*grid_out;
+                    threads.split(out, p, og, cost, |_, channels, out| {
+                        for (c, out) in channels.zip(out.chunks_exact_mut(p)) {
+                            let Epilogue { bias, residual, activation } = epilogue(g, c..c + 1);
+                            let bias = bias.map_or(0.0, |b| b[0]);
+                            let rows = grid_out[c * grid..].chunks(pw).zip(out.chunks_exact_mut(out_w));
+                            for (oy, (row, out)) in rows.enumerate() {
+                                let row = row[..out_w].iter().map(|v| v + bias);
+                                match residual {
+                                    Some(r) => out
+                                        .iter_mut()
+                                        .zip(row.zip(&r[oy * out_w..]))
+                                        .for_each(|(o, (v, r))| *o = activation.apply(v + r)),
+                                    None => out.iter_mut().zip(row).for_each(|(o, v)| *o = activation.apply(v)),
+                                }
                             }
                         }
                     });
@@ -545,17 +577,31 @@ fn conv(
     }
 }
 
-/// Copies the `channels` h × w planes of `x` into `dst` as ph × pw planes, with the window's
-/// padding as zeros around them.
-fn pad_planes(x: &[f32], channels: usize, window: &Window, ph: usize, pw: usize, dst: &mut [f32]) {
-    let Window { h, w, pad, .. } = *window;
-    for (plane, out) in x.chunks_exact(h * w).zip(dst.chunks_exact_mut(ph * pw)).take(channels) {
-        out[..pad[0] * pw].fill(0.0);
-        out[(pad[0] + h) * pw..].fill(0.0);
-        for (row, line) in plane.chunks_exact(w).zip(out[pad[0] * pw..].chunks_exact_mut(pw)) {
-            line[..pad[1]].fill(0.0);
-            line[pad[1]..pad[1] + w].copy_from_slice(row);
-            line[pad[1] + w..].fill(0.0);
+/// Copies the `channels` h × w planes of `x` into `dst`, each as the window's stride s_h × s_w
+/// phase planes of `ph` × `pw` ([`Columns::Padded`]): phase (a, b) holds the padded plane's rows
+/// ≡ a and columns ≡ b (mod s), zeros where they fall in the padding.
+fn phase_planes(x: &[f32], channels: usize, window: &Window, [ph, pw]: [usize; 2], dst: &mut [f32]) {
+    let Window { h, w, stride: [sh, sw], pad, .. } = *window;
+    let phases = dst.chunks_exact_mut(ph * pw);
+    for (i, out) in phases.take(channels * sh * sw).enumerate() {
+        let (plane, a, b) = (&x[i / (sh * sw) * h * w..][..h * w], i % (sh * sw) / sw, i % sw);
+        let x0 = b as isize - pad[1] as isize;
+        for (r, line) in out.chunks_exact_mut(pw).enumerate() {
+            let y = (r * sh + a) as isize - pad[0] as isize;
+            let taps = if (0..h as isize).contains(&y) { valid_taps(x0, sw, w, pw) } else { None };
+            let Some((first, end)) = taps else {
+                line.fill(0.0);
+                continue;
+            };
+            let row = &plane[y as usize * w..][..w];
+            let start = (x0 + (first * sw) as isize) as usize;
+            line[..first].fill(0.0);
+            line[end..].fill(0.0);
+            if sw == 1 {
+                line[first..end].copy_from_slice(&row[start..start + end - first]);
+            } else {
+                line[first..end].iter_mut().zip(row[start..].iter().step_by(sw)).for_each(|(v, &x)| *v = x);
+            }
         }
     }
 }

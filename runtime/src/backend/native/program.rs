@@ -59,16 +59,38 @@ pub enum Columns {
         /// c · positions.
         offsets: Vec<usize>,
     },
-    /// A stride-1 convolution whose output rows are whole panels: the input is copied once,
-    /// padded, into scratch (`ph` × `pw` planes), and each panel row read where it lies there.
+    /// Read in place from the input rearranged once into scratch: each plane padded and, for a
+    /// stride s > 1, split into s_h × s_w phase planes (row ≡ a, column ≡ b mod s) of `ph` ×
+    /// `pw`, so that output position (oy, ox) of im2col row r lies at `offsets[r] + oy · pw + ox`.
+    /// When output rows are whole panels each row's panels are read there; otherwise the product
+    /// runs over the `out_h` × `pw` grid (`pw - out_w` columns per row wasted) into scratch and
+    /// the output rows are copied out of it.
     Padded {
-        /// c · ph · pw + ky · dilation · pw + kx · dilation, per im2col row.
+        /// c · phases · ph · pw + phase · ph · pw + dy · pw + dx, per im2col row (c, ky, kx).
         offsets: Vec<usize>,
-        /// Padded height.
+        /// Stride (h, w): the phase planes per input plane.
+        stride: [usize; 2],
+        /// Height of a phase plane.
         ph: usize,
-        /// Padded width.
+        /// Width of a phase plane.
         pw: usize,
+        /// Floats of the rearranged input: the planes, and room for the last grid panel's reads.
+        len: usize,
+        /// Columns of the grid product (`out_h` × `pw` rounded up to whole panels), or 0 when
+        /// output rows are whole panels.
+        grid: usize,
     },
+}
+
+impl Columns {
+    /// Floats of scratch a convolution with `k` im2col rows and `out_group` output channels
+    /// per group needs with these columns on `isa`.
+    fn scratch(&self, k: usize, out_group: usize, isa: Isa) -> usize {
+        match self {
+            Columns::Im2col | Columns::Pointwise { .. } => k * isa.nr(),
+            Columns::Padded { len, grid, .. } => len + out_group * grid,
+        }
+    }
 }
 
 /// A convolution's packed weights and what is fused into its store.
@@ -286,10 +308,7 @@ impl Program {
                         None
                     };
                     let columns = columns(&step.op, isa);
-                    scratch = scratch.max(match &columns {
-                        Columns::Im2col | Columns::Pointwise { .. } => k * isa.nr(),
-                        Columns::Padded { ph, pw, .. } => c_in / groups * ph * pw + k * isa.nr(),
-                    });
+                    scratch = scratch.max(columns.scratch(k, out_group, isa));
                     Extra::Conv(ConvExtra { packed, columns, residual, activation: step.activation })
                 }
                 Op::MatMul { m, n, k, .. } => {
@@ -379,27 +398,42 @@ fn merge_axes(shape: &[usize], strides: &[&Vec<usize>]) -> (Vec<usize>, Vec<Vec<
 /// How the tile kernel should read the input of the convolution `op`.
 fn columns(op: &Op, isa: Isa) -> Columns {
     let &Op::Conv { c_in, window, dilation, groups, .. } = op else { unreachable!("a convolution") };
-    let Window { h, w, kernel: [kh, kw], stride, pad, out_h, out_w } = window;
+    let Window { h, w, kernel: [kh, kw], stride: [sh, sw], pad, out_h, out_w } = window;
     let channels = c_in / groups.max(1);
-    if stride != [1, 1] {
-        return Columns::Im2col;
-    }
-    if [kh, kw] == [1, 1] && pad == [0; 4] {
+    if [kh, kw, sh, sw] == [1; 4] && pad == [0; 4] {
         return Columns::Pointwise { offsets: (0..channels).map(|c| c * out_h * out_w).collect() };
     }
-    if out_w % isa.nr() != 0 {
+    // Every phase plane must be read, or rearranging costs more than im2col saves (a 1×1
+    // convolution of stride 2 reads one phase in four).
+    // Taps t · d (t < taps) meet every residue mod s when gcd(d, s) = 1 and taps ≥ s.
+    let gcd = |mut a: usize, mut b: usize| {
+        while b != 0 {
+            (a, b) = (b, a % b);
+        }
+        a
+    };
+    let every_phase = |taps: usize, d: usize, s: usize| taps >= s && gcd(d, s) == 1;
+    if sh == 0 || sw == 0 || !every_phase(kh, dilation[0], sh) || !every_phase(kw, dilation[1], sw) {
         return Columns::Im2col;
     }
-    let (ph, pw) = (h + pad[0] + pad[2], w + pad[1] + pad[3]);
+    let (ph, pw) = ((h + pad[0] + pad[2]).div_ceil(sh), (w + pad[1] + pad[3]).div_ceil(sw));
+    let plane = ph * pw;
     let mut offsets = Vec::with_capacity(channels * kh * kw);
     for c in 0..channels {
         for ky in 0..kh {
             for kx in 0..kw {
-                offsets.push(c * ph * pw + ky * dilation[0] * pw + kx * dilation[1]);
+                let ([y, x], [sh, sw]) = ([ky * dilation[0], kx * dilation[1]], [sh, sw]);
+                let phase = (y % sh) * sw + x % sw;
+                offsets.push((c * sh * sw + phase) * plane + y / sh * pw + x / sw);
             }
         }
     }
-    Columns::Padded { offsets, ph, pw }
+    let nr = isa.nr();
+    let grid = if out_w % nr == 0 { 0 } else { (out_h * pw).div_ceil(nr) * nr };
+    // The grid's last panel reads up to `grid` columns past an offset.
+    let reach = offsets.iter().max().map_or(0, |&o| o + grid);
+    let len = (channels * sh * sw * plane).max(reach);
+    Columns::Padded { offsets, stride: [sh, sw], ph, pw, len, grid }
 }
 
 /// `steps` with every convolution that reads a Quantize step's output and has int8 weights
