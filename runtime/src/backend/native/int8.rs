@@ -103,6 +103,9 @@ pub struct Conv8 {
     grid: [usize; 2],
     /// Per (quad, tap), in 4-byte units: where its bytes for grid position 0 start.
     offsets: Vec<usize>,
+    /// Per stride phase (row phase · s_w + column phase): whether a tap reads it (a 1×1
+    /// convolution of stride 2 reads one phase in four; the others are never quantised).
+    read: Vec<bool>,
     /// Weights: panels of MR channels, `[panel][quad · taps][MR][4]`, zero past the last channel.
     weights: Vec<i8>,
     /// Per output channel: input scale × weight scale, and min × Σ weights (added to each sum
@@ -154,12 +157,14 @@ impl Conv8 {
         let corrections =
             (0..c_out).map(|co| min as i32 * weights.values[co * k..][..k].iter().map(|&v| i32::from(v)).sum::<i32>());
         let mut offsets = Vec::with_capacity(quads * taps);
+        let mut read = vec![false; sh * sw];
         for quad in 0..quads {
             for ky in 0..kh {
                 for kx in 0..kw {
                     let (y, x) = (ky * dilation[0], kx * dilation[1]);
                     let phase = (quad * sh + y % sh) * sw + x % sw;
                     offsets.push(phase * phase_len + y / sh * grid[1] + x / sw);
+                    read[(y % sh) * sw + x % sw] = true;
                 }
             }
         }
@@ -178,6 +183,7 @@ impl Conv8 {
             window,
             grid,
             offsets,
+            read,
             weights: packed,
             scales: weight_scales.iter().map(|&s| s * scale).collect(),
             corrections: corrections.collect(),
@@ -267,6 +273,9 @@ impl Conv8 {
                             continue;
                         }
                         let phase = (py % sh) * sw + (first + pad[1]) % sw;
+                        if !self.read[phase] {
+                            continue;
+                        }
                         let unit = phase * phase_len + line + (first + pad[1]) / sw;
                         let out = &mut words[unit..][..(w - first).div_ceil(sw)];
                         found |= quantise_words(kernel, rows, first, sw, levels, out);
