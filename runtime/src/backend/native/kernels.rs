@@ -368,6 +368,19 @@ fn sum(x: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// The largest of `x` (NaNs skipped, as `f32::max` skips them) with sixteen partial maxima.
+fn max_of(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 16];
+    let chunks = x.chunks_exact(16);
+    let tail = chunks.remainder().iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    for c in chunks {
+        for l in 0..16 {
+            acc[l] = acc[l].max(c[l]);
+        }
+    }
+    acc.iter().copied().fold(tail, f32::max)
+}
+
 /// Σ a·b with sixteen partial sums.
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 16];
@@ -730,7 +743,7 @@ fn reduce(kind: ReduceKind, [outer, len, inner]: [usize; 3], x: &[f32], out: &mu
             *o = match kind {
                 ReduceKind::Sum => sum(row),
                 ReduceKind::Mean => sum(row) / len as f32,
-                ReduceKind::Max => row.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+                ReduceKind::Max => max_of(row),
                 ReduceKind::L2 => dot(row, row).sqrt(),
             };
         }
@@ -771,9 +784,9 @@ fn zip_in_place(dst: &mut [f32], src: &[f32], f: impl Fn(f32, f32) -> f32) {
 fn softmax([outer, len, inner]: [usize; 3], x: &[f32], out: &mut [f32]) {
     if inner == 1 {
         for (row, dst) in x.chunks_exact(len).zip(out.chunks_exact_mut(len)).take(outer) {
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let max = max_of(row);
             each(dst, row, |v| exp(v - max));
-            let inv = 1.0 / dst.iter().sum::<f32>();
+            let inv = 1.0 / sum(dst);
             dst.iter_mut().for_each(|d| *d *= inv);
         }
         return;
@@ -814,16 +827,19 @@ pub fn tanh(x: f32) -> f32 {
 /// softmax, where x ≤ 0.
 pub fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // 1.5 · 2²³: adding it rounds to an integer, which lands in the low bits of the sum.
+    const MAGIC: f32 = 12_582_912.0;
     let x = x.clamp(-87.336_55, 88.3);
-    let t = x * LOG2E + 0.5;
-    // floor(t) without floorf: truncation, one down for negative non-integers.
-    let n = t as i32 - i32::from((t as i32) as f32 > t);
-    let r = x - n as f32 * 0.693_359_4 - n as f32 * -2.121_944_4e-4;
+    let k = x * LOG2E + MAGIC;
+    // n = round(x · log2 e), as a float and as an integer (no float-to-int conversion, so that
+    // loops of it vectorise).
+    let (n, bits) = (k - MAGIC, k.to_bits().wrapping_sub(MAGIC.to_bits()) as i32);
+    let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
     let p = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5]
         .iter()
         .fold(0.0, |acc, &c| acc * r + c);
     let y = p * r * r + r + 1.0;
-    y * f32::from_bits(((n + 127).max(0) as u32) << 23)
+    y * f32::from_bits(((bits + 127).max(0) as u32) << 23)
 }
 
 fn layer_norm([rows, cols]: [usize; 2], eps: f32, x: &[f32], scale: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
