@@ -159,7 +159,7 @@ impl Activation {
 
     /// The clamp it is: (lo, hi).
     #[inline(always)]
-    fn bounds(self) -> (f32, f32) {
+    pub fn bounds(self) -> (f32, f32) {
         match self {
             Activation::Identity => (f32::NEG_INFINITY, f32::INFINITY),
             Activation::Relu => (0.0, f32::INFINITY),

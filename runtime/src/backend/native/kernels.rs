@@ -6,6 +6,8 @@ use super::gemm::{self, Epilogue, Isa, Matrix, Panel};
 use super::int8;
 use super::pool::Threads;
 use super::program::{Columns, ConvExtra, Extra, Place, Program, Slot, Step, MAX_AXES};
+#[cfg(target_arch = "x86_64")]
+use super::winograd;
 use crate::backend::plan::{BinaryKind, Op, PoolKind, ReduceKind, UnaryKind, Window};
 
 /// Runs every step of `program` in `arena` (at least `program.arena_end` floats, its inputs
@@ -51,6 +53,10 @@ pub fn run(
 pub fn panel_len(program: &Program) -> usize {
     let nr = program.isa.nr();
     let panel = |step: &Step| match (&step.op, &step.extra) {
+        #[cfg(target_arch = "x86_64")]
+        (&Op::Conv { c_in, c_out, .. }, Extra::Conv(ConvExtra { columns: Columns::Winograd, .. })) => {
+            winograd::thread_len(c_in, c_out, program.isa)
+        }
         (&Op::Conv { c_in, window, groups, .. }, Extra::Conv(extra)) if extra.packed.is_some() => {
             c_in / groups * window.kernel[0] * window.kernel[1] * nr
         }
@@ -485,6 +491,12 @@ fn conv(
             });
             continue;
         };
+        #[cfg(target_arch = "x86_64")]
+        if extra.columns == Columns::Winograd {
+            let x = &x[b * c_in * h * w..][..c_in * h * w];
+            winograd::run(isa, &window, [c_in, c_out], x, packed, epilogue(0, 0..c_out), out, scratch, threads);
+            continue;
+        }
         for (g, out) in out.chunks_exact_mut(og * p).enumerate() {
             let x = &x[(b * c_in + g * ig) * h * w..][..ig * h * w];
             let (mr, nr) = (isa.mr(), isa.nr());
@@ -593,7 +605,7 @@ fn conv(
 /// Copies the `channels` h × w planes of `x` into `dst`, each as the window's stride s_h × s_w
 /// phase planes of `ph` × `pw` ([`Columns::Padded`]): phase (a, b) holds the padded plane's rows
 /// ≡ a and columns ≡ b (mod s), zeros where they fall in the padding.
-fn phase_planes(x: &[f32], channels: usize, window: &Window, [ph, pw]: [usize; 2], dst: &mut [f32]) {
+pub(super) fn phase_planes(x: &[f32], channels: usize, window: &Window, [ph, pw]: [usize; 2], dst: &mut [f32]) {
     let Window { h, w, stride: [sh, sw], pad, .. } = *window;
     let phases = dst.chunks_exact_mut(ph * pw);
     for (i, out) in phases.take(channels * sh * sw).enumerate() {

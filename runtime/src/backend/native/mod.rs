@@ -25,6 +25,8 @@ mod pool;
 mod program;
 #[cfg(test)]
 mod tests;
+#[cfg(target_arch = "x86_64")]
+mod winograd;
 
 use std::sync::Arc;
 

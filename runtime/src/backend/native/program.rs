@@ -80,15 +80,22 @@ pub enum Columns {
         /// output rows are whole panels.
         grid: usize,
     },
+    /// Winograd's F(2×2, 3×3) (see `winograd.rs`; AVX-512): the packed weights are its 16
+    /// transformed matrices.
+    #[cfg(target_arch = "x86_64")]
+    Winograd,
 }
 
 impl Columns {
-    /// Floats of scratch a convolution with `k` im2col rows and `out_group` output channels
-    /// per group needs with these columns on `isa`.
-    fn scratch(&self, k: usize, out_group: usize, isa: Isa) -> usize {
+    /// Floats of scratch the convolution `op` needs with these columns on `isa`.
+    fn scratch(&self, op: &Op, isa: Isa) -> usize {
+        let &Op::Conv { c_in, c_out, window, groups, .. } = op else { unreachable!("a convolution") };
+        let (out_group, k) = (c_out / groups, c_in / groups * window.kernel[0] * window.kernel[1]);
         match self {
             Columns::Im2col | Columns::Pointwise { .. } => k * isa.nr(),
             Columns::Padded { len, grid, .. } => len + out_group * grid,
+            #[cfg(target_arch = "x86_64")]
+            Columns::Winograd => super::winograd::shared_len(&window, c_in),
         }
     }
 }
@@ -285,30 +292,38 @@ impl Program {
                     scratch = scratch.max(conv.scratch_bytes().div_ceil(4));
                     Extra::Int8Conv { conv, residual, activation: step.activation }
                 }
-                Op::Conv { c_in, c_out, window, groups, .. } => {
+                &Op::Conv { c_in, c_out, window, groups, .. } => {
                     let residual =
                         step.extra_inputs.first().map(|&v| slot(v, &mut constants)).transpose().map_err(fail)?;
                     let (out_group, k) = (c_out / groups, c_in / groups * window.kernel[0] * window.kernel[1]);
+                    let columns = columns(&step.op, isa);
                     let packed = if out_group >= isa.mr() / 2 {
                         let weights = constant_data(&constants, inputs[1])
                             .ok_or_else(|| fail("convolution weights must be constant".into()))?;
                         if weights.len() != c_out * k {
                             return Err(fail(format!("the weights hold {} values, not {}", weights.len(), c_out * k)));
                         }
-                        let per_group = gemm::packed_len(out_group, k, isa.mr());
-                        let mut packed = vec![0.0; per_group * groups];
-                        for g in 0..*groups {
-                            let w = &weights[g * out_group * k..][..out_group * k];
-                            gemm::pack_a(gemm::Matrix::dense(w, out_group, k), isa.mr(), &mut packed[g * per_group..]);
-                        }
+                        let packed = match columns {
+                            #[cfg(target_arch = "x86_64")]
+                            Columns::Winograd => super::winograd::pack_weights(weights, c_out, c_in, isa),
+                            _ => {
+                                let per_group = gemm::packed_len(out_group, k, isa.mr());
+                                let mut packed = vec![0.0; per_group * groups];
+                                for g in 0..groups {
+                                    let w = &weights[g * out_group * k..][..out_group * k];
+                                    let dst = &mut packed[g * per_group..];
+                                    gemm::pack_a(gemm::Matrix::dense(w, out_group, k), isa.mr(), dst);
+                                }
+                                packed
+                            }
+                        };
                         let s = Slot { place: Place::Constant(constants.len()), len: packed.len() };
                         constants.extend_from_slice(&packed);
                         Some(s)
                     } else {
                         None
                     };
-                    let columns = columns(&step.op, isa);
-                    scratch = scratch.max(columns.scratch(k, out_group, isa));
+                    scratch = scratch.max(columns.scratch(&step.op, isa));
                     Extra::Conv(ConvExtra { packed, columns, residual, activation: step.activation })
                 }
                 Op::MatMul { m, n, k, .. } => {
@@ -400,6 +415,10 @@ fn columns(op: &Op, isa: Isa) -> Columns {
     let &Op::Conv { c_in, window, dilation, groups, .. } = op else { unreachable!("a convolution") };
     let Window { h, w, kernel: [kh, kw], stride: [sh, sw], pad, out_h, out_w } = window;
     let channels = c_in / groups.max(1);
+    #[cfg(target_arch = "x86_64")]
+    if super::winograd::fits(op, isa) {
+        return Columns::Winograd;
+    }
     if [kh, kw, sh, sw] == [1; 4] && pad == [0; 4] {
         return Columns::Pointwise { offsets: (0..channels).map(|c| c * out_h * out_w).collect() };
     }
