@@ -168,7 +168,9 @@ fn execute<'m>(
         &Op::LayerNorm { rows, cols, eps } => layer_norm([rows, cols], eps, x(0), x(1), opt(2), out),
         &Op::Pool { kind, planes, window } => pool(kind, planes, &window, x(0), out),
         &Op::Resize { planes, in_h, in_w, out_h, out_w, .. } => {
-            let Extra::Resize { rows, cols } = &step.extra else { unreachable!("compiled resizes carry taps") };
+            let Extra::Resize { rows, cols, doubled } = &step.extra else {
+                unreachable!("compiled resizes carry taps")
+            };
             let x = x(0);
             // Separable: every input row resampled across (into the thread's panel), then each
             // output row blended from two of those; the same arithmetic as tap by tap. Planes
@@ -180,8 +182,19 @@ fn execute<'m>(
                 for (p, plane) in ps.zip(out.chunks_exact_mut(out_h * out_w)) {
                     let src = &x[p * in_h * in_w..][..in_h * in_w];
                     for (row, line) in src.chunks_exact(in_w).zip(across.chunks_exact_mut(out_w)) {
-                        for (o, &(x0, x1, fx)) in line.iter_mut().zip(cols) {
-                            *o = row[x0] * (1.0 - fx) + row[x1] * fx;
+                        let tap = |&(x0, x1, fx): &(usize, usize, f32)| row[x0] * (1.0 - fx) + row[x1] * fx;
+                        match *doubled {
+                            // Columns 2i + 1 and 2i + 2 from inputs i and i + 1: no gathers.
+                            Some([f, g]) => {
+                                let pairs = line[1..out_w - 1].chunks_exact_mut(2);
+                                for ((o, &a), &b) in pairs.zip(row).zip(&row[1..]) {
+                                    o[0] = a * (1.0 - f) + b * f;
+                                    o[1] = a * (1.0 - g) + b * g;
+                                }
+                                line[0] = tap(&cols[0]);
+                                line[out_w - 1] = tap(&cols[out_w - 1]);
+                            }
+                            None => line.iter_mut().zip(cols).for_each(|(o, t)| *o = tap(t)),
                         }
                     }
                     for (line, &(y0, y1, fy)) in plane.chunks_exact_mut(out_w).zip(rows) {

@@ -138,6 +138,9 @@ pub enum Extra {
         rows: Vec<(usize, usize, f32)>,
         /// Per output column.
         cols: Vec<(usize, usize, f32)>,
+        /// When `cols` doubles the width with two fractions taking turns (a 2× bilinear
+        /// upsample): output columns 2i + 1 and 2i + 2 blend inputs i and i + 1 by these.
+        doubled: Option<[f32; 2]>,
     },
 }
 
@@ -335,7 +338,8 @@ impl Program {
                         return Err(fail("resize of an empty image".into()));
                     }
                     let taps = |i, o| crate::backend::plan::resize_taps(mode, coordinates, i, o);
-                    Extra::Resize { rows: taps(in_h, out_h), cols: taps(in_w, out_w) }
+                    let cols = taps(in_w, out_w);
+                    Extra::Resize { rows: taps(in_h, out_h), doubled: doubled(&cols), cols }
                 }
                 _ => Extra::None,
             };
@@ -408,6 +412,18 @@ fn merge_axes(shape: &[usize], strides: &[&Vec<usize>]) -> (Vec<usize>, Vec<Vec<
         return (vec![1], strides.iter().map(|_| vec![0]).collect());
     }
     (out_shape, out)
+}
+
+/// The two fractions of `cols` (output column → (left input, right input, fraction)) when they
+/// double the width: columns 2i + 1 and 2i + 2 blend inputs i and i + 1, by the first and the
+/// second fraction (the first and last columns may be anything).
+fn doubled(cols: &[(usize, usize, f32)]) -> Option<[f32; 2]> {
+    let n = cols.len();
+    if n < 4 || n % 2 != 0 {
+        return None;
+    }
+    let f = [cols[1].2, cols[2].2];
+    (1..n - 1).all(|o| cols[o] == ((o - 1) / 2, (o - 1) / 2 + 1, f[(o - 1) % 2])).then_some(f)
 }
 
 /// How the tile kernel should read the input of the convolution `op`.

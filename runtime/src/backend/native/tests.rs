@@ -664,6 +664,31 @@ fn pooling_and_resizing_match_the_reference() {
         let op = Op::Resize { mode, coordinates, planes, in_h: h, in_w: w, out_h, out_w };
         agree(&one_step(op.clone(), &[vec![planes, h, w]], &[], vec![planes, out_h, out_w], i), &format!("{op:?}"), i);
     }
+    // Bilinear 2× upsamples (the decoder's) take the path without gathers.
+    for (i, (coordinates, h, w)) in [
+        (ResizeCoordinates::HalfPixel, 3, 2),
+        (ResizeCoordinates::HalfPixel, 5, 17),
+        (ResizeCoordinates::PytorchHalfPixel, 4, 32),
+        (ResizeCoordinates::HalfPixel, 1, 40),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let op = Op::Resize {
+            mode: ResizeMode::Linear,
+            coordinates,
+            planes: 3,
+            in_h: h,
+            in_w: w,
+            out_h: 2 * h,
+            out_w: 2 * w,
+        };
+        let plan = one_step(op.clone(), &[vec![3, h, w]], &[], vec![3, 2 * h, 2 * w], 70 + i as u64);
+        let program = Program::compile(&plan, Isa::detect(), None, 0, &[]).unwrap();
+        let Extra::Resize { doubled, .. } = &program.steps[0].extra else { panic!("a resize") };
+        assert!(doubled.is_some(), "{op:?} doubles its width");
+        agree(&plan, &format!("{op:?}"), 70 + i as u64);
+    }
 }
 
 /// A step whose operand is smaller than its op reads is refused when the program is compiled,
