@@ -419,7 +419,7 @@ fn merge_axes(shape: &[usize], strides: &[&Vec<usize>]) -> (Vec<usize>, Vec<Vec<
 /// second fraction (the first and last columns may be anything).
 fn doubled(cols: &[(usize, usize, f32)]) -> Option<[f32; 2]> {
     let n = cols.len();
-    if n < 4 || n % 2 != 0 {
+    if n < 4 || !n.is_multiple_of(2) {
         return None;
     }
     let f = [cols[1].2, cols[2].2];
