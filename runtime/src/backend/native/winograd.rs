@@ -115,7 +115,7 @@ pub fn run(
     let (tiles_h, tiles_w) = (out_h.div_ceil(2), out_w.div_ceil(2));
     let tiles = tiles_h * tiles_w;
     let p = out_h * out_w;
-    let cost = 4 * c_out * c_in * tiles * 16;
+    let cost = 16 * c_out * c_in * tiles;
     let per = gemm::packed_len(c_out, c_in, mr);
     assert!(u.len() >= 16 * per && x.len() >= c_in * h * w, "the operands match the convolution");
     let padded = &mut scratch[..c_in * ph * pw];
