@@ -123,18 +123,18 @@ impl NativeBackend {
                 return Err(Error::contract("graph", "an input is a constant"));
             }
         }
-        let converted = [&shared.encoder, &shared.decoder]
-            .iter()
-            .flat_map(|p| &p.steps)
-            .filter(|s| matches!(s.extra, program::Extra::Int8Conv { .. }))
-            .count();
+        let count = |kind: fn(&program::Extra) -> bool| {
+            [&shared.encoder, &shared.decoder].iter().flat_map(|p| &p.steps).filter(|s| kind(&s.extra)).count()
+        };
+        let converted = count(|e| matches!(e, program::Extra::Int8Conv { .. }));
+        let winograd = count(program::Extra::is_winograd);
         let int8 = match int8 {
             Some(kernel) => format!("{converted} int8 convolutions on {} kernels", kernel.name()),
             None => "no int8 kernel for this CPU: int8 convolutions in f32".into(),
         };
         log::info!(
-            "cpu: native executor ({} kernels; {int8}; {} thread(s)), {} + {} steps, \
-             {:.1} MiB of arena per session",
+            "cpu: native executor ({} kernels; {winograd} Winograd convolutions; {int8}; {} thread(s)), \
+             {} + {} steps, {:.1} MiB of arena per session",
             isa.name(),
             shared.threads,
             shared.encoder.steps.len(),

@@ -144,6 +144,17 @@ pub enum Extra {
     },
 }
 
+impl Extra {
+    /// Whether this is a convolution run by Winograd's F(2×2, 3×3).
+    pub fn is_winograd(&self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if let Extra::Conv(ConvExtra { columns: Columns::Winograd, .. }) = self {
+            return true;
+        }
+        false
+    }
+}
+
 /// One step, ready to run.
 #[derive(Debug, Clone)]
 pub struct Step {
