@@ -16,9 +16,14 @@ use segicl_tests::{prototype_path, sample, set_shots};
 /// A decoder of the prototype's contract whose logits are the sum of the features plus `tail`'s
 /// scalar: `tail` adds nodes to the graph and returns the value added to every logit.
 fn decoder_with(tail: impl FnOnce(&mut GraphBuilder) -> String) -> Vec<u8> {
+    decoder_declaring(&[1, FEATURES, RESOLUTION, RESOLUTION], tail)
+}
+
+/// [`decoder_with`], its input `feat_0` declared with the shape `feat` (the manifest's or not).
+fn decoder_declaring(feat: &[usize], tail: impl FnOnce(&mut GraphBuilder) -> String) -> Vec<u8> {
     let (r, n) = (RESOLUTION, 3 * TOKENS);
     let mut g = GraphBuilder::new("hostile-decoder");
-    let feat = g.input("feat_0", &[1, FEATURES, r, r]);
+    let feat = g.input("feat_0", feat);
     g.input("ctx", &[1, n, FEATURES]);
     g.input("ctx_valid", &[1, n]);
     let axis = g.ints(&[1]);
@@ -160,31 +165,52 @@ fn a_graph_over_the_node_limit_is_refused() {
 /// Found by the fuzzer: tract's shape inference of a LayerNormalization over a rank-0 tensor
 /// counts axes up to `usize::MAX` and never returns. The plan's lowering finds such a node
 /// invalid, and tract is not given the graph, on `auto` (which falls back to tract when the native
-/// executor refuses) and on `--backend tract` alike.
+/// executor refuses) and on `--backend tract` alike. Found again by the fuzzer: a graph input
+/// declared with a shape the manifest contradicts stopped the lowering before it reached the
+/// node, so tract was given the graph; such a graph is now invalid itself.
 #[test]
 fn a_graph_tract_would_loop_on_is_refused_before_tract() {
     let dir = tempfile::tempdir().unwrap();
-    let decoder = decoder_with(|g| {
-        let scalar = total(g, "feat_0");
+    let layer_norm = |g: &mut GraphBuilder, x: &str| {
         let scale = g.scalar(1.0);
-        let v = g.op("LayerNormalization", &[&scalar, &scale], vec![("axis", Attr::Int(-1))]);
+        let v = g.op("LayerNormalization", &[x, &scale], vec![("axis", Attr::Int(-1))]);
         total(g, &v)
-    });
-    let path = engine_with_decoder(dir.path(), "rank0.plan", decoder);
-    for backend in [BackendChoice::Auto, BackendChoice::Tract] {
-        let (done, result) = std::sync::mpsc::channel();
-        let engine = path.clone();
-        // In a thread, so that a regression fails here instead of hanging the suite.
-        std::thread::spawn(move || {
-            let err = Engine::open(&engine, &EngineOptions { backend, threads: 1 }).err().map(|e| e.to_string());
-            let _ = done.send(err);
-        });
-        let err = result
-            .recv_timeout(Duration::from_secs(120))
-            .unwrap_or_else(|_| panic!("{backend:?}: Engine::open still running after 120 s"))
-            .unwrap_or_else(|| panic!("{backend:?}: the engine opened"));
-        for w in ["decoder:", "LayerNormalization", "is invalid", "axis -1 is out of range for rank 0"] {
-            assert!(err.contains(w), "{backend:?}: `{err}` lacks `{w}`");
+    };
+    let cases: [(&str, Vec<u8>, &[&str]); 2] = [
+        (
+            "a LayerNormalization of a rank-0 tensor",
+            decoder_with(|g| {
+                let scalar = total(g, "feat_0");
+                layer_norm(g, &scalar)
+            }),
+            &["LayerNormalization", "is invalid", "axis -1 is out of range for rank 0"],
+        ),
+        (
+            "the same, of a scalar constant, behind an input declared with batch 0",
+            decoder_declaring(&[0, FEATURES, RESOLUTION, RESOLUTION], |g| {
+                let scalar = g.scalar(2.0);
+                layer_norm(g, &scalar)
+            }),
+            &["feat_0", "is invalid", "does not fit the declared"],
+        ),
+    ];
+    for (i, (what, decoder, words)) in cases.into_iter().enumerate() {
+        let path = engine_with_decoder(dir.path(), &format!("rank0-{i}.plan"), decoder);
+        for backend in [BackendChoice::Auto, BackendChoice::Tract] {
+            let (done, result) = std::sync::mpsc::channel();
+            let engine = path.clone();
+            // In a thread, so that a regression fails here instead of hanging the suite.
+            std::thread::spawn(move || {
+                let err = Engine::open(&engine, &EngineOptions { backend, threads: 1 }).err().map(|e| e.to_string());
+                let _ = done.send(err);
+            });
+            let err = result
+                .recv_timeout(Duration::from_secs(120))
+                .unwrap_or_else(|_| panic!("{what}, {backend:?}: Engine::open still running after 120 s"))
+                .unwrap_or_else(|| panic!("{what}, {backend:?}: the engine opened"));
+            for w in ["decoder:"].iter().chain(words) {
+                assert!(err.contains(w), "{what}, {backend:?}: `{err}` lacks `{w}`");
+            }
         }
     }
 }

@@ -301,8 +301,7 @@ impl<'g> Lowering<'g> {
                 continue;
             }
             let given = given.iter().find(|(name, _)| *name == input.name).map(|(_, shape)| *shape);
-            let shape =
-                input_shape(input, given).map_err(|why| graph_error(format!("input `{}`: {why}", input.name)))?;
+            let shape = input_shape(input, given)?;
             let id = self.push_value(shape, ValueKind::Input);
             self.plan.inputs.push((input.name.clone(), id));
             self.tensors.insert(input.name.clone(), Tensor::Value(id));
@@ -912,13 +911,15 @@ impl<'g> Lowering<'g> {
 }
 
 /// Shape of a graph input: `given`, checked against the declared dimensions, or the declared
-/// shape when it is static.
-fn input_shape(input: &pb::ValueInfoProto, given: Option<&[usize]>) -> std::result::Result<Vec<usize>, String> {
+/// shape when it is static. A declared shape that contradicts `given` (the manifest's) is
+/// invalid: the engine disagrees with itself, and no backend should run it.
+fn input_shape(input: &pb::ValueInfoProto, given: Option<&[usize]>) -> Result<Vec<usize>> {
+    let fail = |why: String| graph_error(format!("input `{}`: {why}", input.name));
     let Some(tensor) = input.r#type.as_ref().and_then(|t| t.tensor_type.as_ref()) else {
-        return Err("not a tensor".into());
+        return Err(fail("not a tensor".into()));
     };
     if tensor.elem_type != FLOAT {
-        return Err(format!("element type {} is not float", tensor.elem_type));
+        return Err(fail(format!("element type {} is not float", tensor.elem_type)));
     }
     let declared: Option<Vec<Option<usize>>> = tensor
         .shape
@@ -929,12 +930,13 @@ fn input_shape(input: &pb::ValueInfoProto, given: Option<&[usize]>) -> std::resu
             if given.len() != declared.len()
                 || given.iter().zip(&declared).any(|(g, d)| d.is_some_and(|d| d != *g)) =>
         {
-            Err(format!("shape {given:?} does not fit the declared {declared:?}"))
+            let why = format!("shape {given:?} does not fit the declared {declared:?}");
+            Err(Unsupported { invalid: true, ..fail(why) })
         }
         (Some(given), _) => Ok(given.to_vec()),
-        (None, declared) => declared
-            .and_then(|d| d.into_iter().collect())
-            .ok_or_else(|| "its shape is not static: pass it to lower".to_string()),
+        (None, declared) => {
+            declared.and_then(|d| d.into_iter().collect()).ok_or_else(|| fail("its shape is not static: pass it to lower".into()))
+        }
     }
 }
 
