@@ -934,9 +934,9 @@ fn input_shape(input: &pb::ValueInfoProto, given: Option<&[usize]>) -> Result<Ve
             Err(Unsupported { invalid: true, ..fail(why) })
         }
         (Some(given), _) => Ok(given.to_vec()),
-        (None, declared) => {
-            declared.and_then(|d| d.into_iter().collect()).ok_or_else(|| fail("its shape is not static: pass it to lower".into()))
-        }
+        (None, declared) => declared
+            .and_then(|d| d.into_iter().collect())
+            .ok_or_else(|| fail("its shape is not static: pass it to lower".into())),
     }
 }
 
