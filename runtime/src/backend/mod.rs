@@ -7,6 +7,8 @@ pub mod limits;
 pub mod native;
 pub mod onnx;
 pub mod plan;
+#[cfg(any(feature = "tensorrt", test))]
+pub mod tensorrt;
 #[cfg(feature = "tract")]
 pub mod tract;
 
@@ -19,8 +21,8 @@ use crate::manifest::Manifest;
 /// Which backend an engine should run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BackendChoice {
-    /// The best backend that runs the engine (CUDA, then the native CPU executor, then tract);
-    /// says which it took and why not the ones before it.
+    /// The best backend that runs the engine (TensorRT when built with it, then CUDA, then the
+    /// native CPU executor, then tract); says which it took and why not the ones before it.
     #[default]
     Auto,
     /// The native CPU executor (engines whose graphs lower to a plan: the bundled float and int8
@@ -30,6 +32,8 @@ pub enum BackendChoice {
     Tract,
     /// An NVIDIA GPU through CUDA.
     Cuda,
+    /// An NVIDIA GPU through TensorRT (plans built on the device and cached).
+    TensorRt,
 }
 
 impl std::str::FromStr for BackendChoice {
@@ -40,14 +44,17 @@ impl std::str::FromStr for BackendChoice {
             "cpu" => Ok(BackendChoice::Cpu),
             "tract" => Ok(BackendChoice::Tract),
             "cuda" => Ok(BackendChoice::Cuda),
-            other => Err(Error::invalid(format!("unknown backend `{other}`: choose cpu, tract, cuda or auto"))),
+            "tensorrt" => Ok(BackendChoice::TensorRt),
+            other => {
+                Err(Error::invalid(format!("unknown backend `{other}`: choose cpu, tract, cuda, tensorrt or auto")))
+            }
         }
     }
 }
 
 /// A backend with both graphs of one engine prepared, shared read-only by its sessions.
 pub trait Backend: Send + Sync {
-    /// Short name (`cpu`, `tract`, `cuda`).
+    /// Short name (`cpu`, `tract`, `cuda`, `tensorrt`).
     fn name(&self) -> &'static str;
     /// A runner for one session.
     fn runner(&self) -> Result<Box<dyn Runner>>;
@@ -88,8 +95,9 @@ impl DeviceTimings {
     }
 }
 
-/// Prepares the backend `choice` names for the engine in `file`; `auto` takes CUDA when it can,
-/// then the native CPU executor, then tract, logging why it passed over each one.
+/// Prepares the backend `choice` names for the engine in `file`; `auto` takes TensorRT (in a
+/// build with it) or CUDA when it can, then the native CPU executor, then tract, logging why it
+/// passed over each one.
 pub fn prepare(
     choice: BackendChoice,
     file: &EngineFile,
@@ -111,7 +119,8 @@ pub fn prepare(
         BackendChoice::Cpu => native(),
         BackendChoice::Tract => tract(),
         BackendChoice::Cuda => prepare_cuda(file, manifest).map_err(|e| suggest(e, "cpu")),
-        BackendChoice::Auto => prepare_cuda(file, manifest).or_else(|not_cuda| match native() {
+        BackendChoice::TensorRt => prepare_tensorrt(file, manifest).map_err(|e| suggest(e, "cuda or cpu")),
+        BackendChoice::Auto => prepare_gpu(file, manifest).or_else(|not_cuda| match native() {
             Ok(backend) => {
                 log::info!("backend auto: using cpu, not cuda: {not_cuda}");
                 Ok(backend)
@@ -140,6 +149,35 @@ fn prepare_tract(_: &EngineFile, _: &Manifest, _: usize) -> Result<Box<dyn Backe
     Err(Error::Backend {
         backend: "tract",
         what: "this build has no tract backend: build with --features tract".into(),
+    })
+}
+
+/// The TensorRT backend, else the CUDA one (logging why not TensorRT), in a build with TensorRT.
+#[cfg(feature = "tensorrt")]
+fn prepare_gpu(file: &EngineFile, manifest: &Manifest) -> Result<Box<dyn Backend>> {
+    prepare_tensorrt(file, manifest).or_else(|not_tensorrt| {
+        log::info!("backend auto: not tensorrt: {not_tensorrt}");
+        prepare_cuda(file, manifest)
+    })
+}
+
+/// The CUDA backend, in a build without TensorRT.
+#[cfg(not(feature = "tensorrt"))]
+fn prepare_gpu(file: &EngineFile, manifest: &Manifest) -> Result<Box<dyn Backend>> {
+    prepare_cuda(file, manifest)
+}
+
+#[cfg(feature = "tensorrt")]
+fn prepare_tensorrt(file: &EngineFile, manifest: &Manifest) -> Result<Box<dyn Backend>> {
+    tensorrt::prepare(file, manifest)
+}
+
+#[cfg(not(feature = "tensorrt"))]
+fn prepare_tensorrt(_: &EngineFile, _: &Manifest) -> Result<Box<dyn Backend>> {
+    Err(Error::Backend {
+        backend: "tensorrt",
+        what: "this build has no TensorRT backend: build with --features tensorrt,cuda-12 (JetPack 6) or tensorrt,cuda"
+            .into(),
     })
 }
 

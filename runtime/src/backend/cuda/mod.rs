@@ -19,7 +19,7 @@ mod copies;
 mod executor;
 mod graph;
 mod kernels;
-mod probe;
+pub(crate) mod probe;
 mod runner;
 
 use std::fmt::Display;
