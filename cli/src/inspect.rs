@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 
+use segicl::backend::tensorrt::plans;
 use segicl::format::{EngineFile, Layout};
 use segicl::refine::RefinerMetadata;
 use segicl::EngineMetadata;
@@ -32,18 +33,20 @@ fn sections_json(layout: &Layout) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// The file, its sections, manifest and card as one JSON object.
+/// The file, its sections, manifest, card and baked TensorRT plans as one JSON object.
 fn print_json(
     file: &EngineFile,
     kind: &str,
     manifest: &impl serde::Serialize,
     card: Option<&str>,
+    tensorrt_plans: &[serde_json::Value],
 ) -> anyhow::Result<ExitCode> {
     let layout = file.layout();
     let out = serde_json::json!({
         "path": file.path(), "size": file.len(), "kind": kind,
         "format": format!("{}.{}", layout.major, layout.minor),
         "sections": sections_json(layout), "manifest": manifest, "card": card,
+        "tensorrt_plans": tensorrt_plans,
     });
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(ExitCode::SUCCESS)
@@ -91,7 +94,7 @@ fn refiner(path: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
     let meta = RefinerMetadata::open(path)?;
     let (layout, m) = (meta.file.layout(), &meta.manifest);
     if json {
-        return print_json(&meta.file, "refiner", m, meta.card());
+        return print_json(&meta.file, "refiner", m, meta.card(), &[]);
     }
     print_header(&meta.file, "refiner, format", &m.name, &m.version);
     println!(
@@ -122,8 +125,18 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
     let meta = EngineMetadata::open(&global.engine)?;
     let layout = meta.file.layout();
     let m = &meta.manifest;
+    let baked = plans::baked(&meta.file);
     if args.json {
-        return print_json(&meta.file, "engine", m, meta.card());
+        let rows: Vec<_> = baked
+            .iter()
+            .map(|b| {
+                serde_json::json!({
+                    "graph": plans::graph_name(b.graph), "bytes": b.len,
+                    "key": b.key.as_ref().ok(), "problem": b.problem(),
+                })
+            })
+            .collect();
+        return print_json(&meta.file, "engine", m, meta.card(), &rows);
     }
     print_header(&meta.file, "engine format", &m.name, &m.version);
     println!(
@@ -142,6 +155,14 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
     }
     print_tensors(&m.tensors);
     print_sections(layout);
+    for b in &baked {
+        let what = match (&b.key, b.problem()) {
+            (Ok(key), None) => key.summary(),
+            (_, Some(problem)) => format!("unusable: {problem}"),
+            (Err(why), None) => why.clone(),
+        };
+        println!("tensorrt plan  {} ({} KiB): {what}", plans::graph_name(b.graph), b.len >> 10);
+    }
     let tasks: Vec<String> = meta.shots.tasks.iter().map(|(n, s)| format!("{n} ({})", s.len())).collect();
     println!("default shots  {}", if tasks.is_empty() { "none".into() } else { tasks.join(", ") });
     if let Some(card) = meta.card() {

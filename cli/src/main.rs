@@ -1,6 +1,7 @@
 //! `segicl-edge`: segment frames in context, inspect, verify and pack engines, benchmark and
 //! evaluate them. One module per subcommand.
 
+mod bake;
 mod bench;
 mod demo;
 mod draw;
@@ -38,7 +39,8 @@ struct Cli {
     /// Engine file (default: the bundled models/segicl-ref.plan).
     #[arg(long, global = true)]
     engine: Option<PathBuf>,
-    /// Backend: cpu (the native executor), tract, cuda or auto (cuda, then cpu, then tract).
+    /// Backend: cpu (the native executor), tract, cuda, tensorrt or auto (tensorrt in a build with
+    /// it, then cuda, then cpu, then tract).
     #[arg(long, global = true, default_value = "auto")]
     backend: BackendChoice,
     /// CPU threads for the graphs.
@@ -65,6 +67,9 @@ enum Command {
     PackRefiner(pack_refiner::Args),
     /// Time the encoder, decoder and whole frame with cached shots, against the uncached path.
     Bench(bench::Args),
+    /// Write a copy of the engine with this device's TensorRT plans baked in (a fleet of
+    /// identical devices then skips the build at first open).
+    Bake(bake::Args),
     /// Dice and IoU over a folder of image/mask pairs (or a synthetic task) with 1, 2, 3 shots.
     Eval(eval::Args),
     /// Segment bundled synthetic samples, write overlays and print a Dice table.
@@ -186,6 +191,7 @@ fn main() -> ExitCode {
         Command::Pack(args) => pack::run(args),
         Command::PackRefiner(args) => pack_refiner::run(args),
         Command::Bench(args) => bench::run(&global, args),
+        Command::Bake(args) => bake::run(&global, args),
         Command::Eval(args) => eval::run(&global, args),
         Command::Demo(args) => demo::run(&global, args),
         Command::Synth(args) => synth::run(args),

@@ -3,6 +3,7 @@
 
 use std::process::ExitCode;
 
+use segicl::backend::tensorrt::plans;
 use segicl::refine::RefinerMetadata;
 use segicl::{EngineMetadata, Refiner};
 
@@ -51,6 +52,17 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
     };
     print_sections(&meta.file);
     println!("ok   manifest {} {}", meta.manifest.name, meta.manifest.version);
+    for baked in plans::baked(&meta.file) {
+        let graph = plans::graph_name(baked.graph);
+        match (baked.problem(), &baked.key) {
+            (Some(problem), _) => {
+                println!("FAIL baked {graph} plan: {problem}");
+                return Ok(ExitCode::FAILURE);
+            }
+            (None, Ok(key)) => println!("ok   baked {graph} plan for {}", key.summary()),
+            (None, Err(_)) => unreachable!("an unreadable key is a problem"),
+        }
+    }
     if let Err(e) = global.open() {
         println!("FAIL {e:#}");
         return Ok(ExitCode::FAILURE);

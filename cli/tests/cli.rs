@@ -621,3 +621,91 @@ fn refiner_files_inspect_verify_pack_and_bad_uses() {
         assert!(text(&o).contains(needle), "{args:?}: `{}` lacks `{needle}`", text(&o));
     }
 }
+
+/// A copy of the prototype engine with a plan record baked for each of `graphs` (encoder, decoder),
+/// the key naming the graph section's CRC, or another one with `stale`.
+fn baked_engine(dir: &Path, name: &str, graphs: &[(segicl::manifest::Graph, bool)]) -> PathBuf {
+    use segicl::backend::tensorrt::plans::{self, DeviceId, PlanKey};
+    let file = EngineFile::open(&engine()).unwrap();
+    let mut writer = segicl::format::EngineWriter::new();
+    for s in &file.layout().sections {
+        writer = writer.section_with_flags(s.tag, s.flags, file.section(s.tag).unwrap().to_vec());
+    }
+    for &(graph, stale) in graphs {
+        let source = if graph == segicl::manifest::Graph::Encoder { Tag::ENCODER } else { Tag::DECODER };
+        let crc = file.layout().find(source).unwrap().crc32 ^ u32::from(stale);
+        let key = PlanKey {
+            graph,
+            graph_crc: crc,
+            precision: "f32".into(),
+            builder: "workspace 256 MiB".into(),
+            tensorrt: "TensorRT 10.3.0.30".into(),
+            device: DeviceId { name: "Orin".into(), compute_capability: (8, 7), sms: 16, driver: 12060 },
+        };
+        writer = writer.section_with_flags(plans::baked_tag(graph), 0, plans::encode_record(&key, b"plan bytes"));
+    }
+    let path = dir.join(name);
+    std::fs::write(&path, writer.to_bytes()).unwrap();
+    path
+}
+
+#[test]
+fn baked_tensorrt_plans_are_shown_and_checked() {
+    use segicl::manifest::Graph;
+    let dir = tempfile::tempdir().unwrap();
+    let good = baked_engine(dir.path(), "good.plan", &[(Graph::Encoder, false)]);
+    let o = run(&["--engine", p(&good), "inspect"]);
+    let out = text(&o);
+    assert!(out.contains(": engine format 1.2,") && out.contains("TRT_ENC"), "{out}");
+    assert!(out.contains("tensorrt plan  encoder (0 KiB): encoder crc "), "{out}");
+    assert!(out.contains("f32, workspace 256 MiB, TensorRT 10.3.0.30 on Orin (sm_87, 16 SMs, driver 12.6)"), "{out}");
+    let json: serde_json::Value =
+        serde_json::from_slice(&run(&["--engine", p(&good), "inspect", "--json"]).stdout).unwrap();
+    assert_eq!(json["tensorrt_plans"][0]["key"]["device"]["name"], "Orin");
+    // A device without TensorRT runs the ONNX graphs: the file verifies and segments on the CPU.
+    let o = run(&["--engine", p(&good), "verify"]);
+    assert!(o.status.success() && text(&o).contains("ok   baked encoder plan for encoder crc"), "{}", text(&o));
+
+    let stale = baked_engine(dir.path(), "stale.plan", &[(Graph::Encoder, false), (Graph::Decoder, true)]);
+    let o = run(&["--engine", p(&stale), "inspect"]);
+    assert!(text(&o).contains("tensorrt plan  decoder (0 KiB): unusable: it was built from a decoder graph with crc"));
+    let o = run(&["--engine", p(&stale), "verify"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("FAIL baked decoder plan: it was built from a decoder graph"), "{}", text(&o));
+
+    // A damaged record.
+    let mut bytes = std::fs::read(&good).unwrap();
+    let section = EngineFile::open(&good).unwrap().layout().find(Tag::TRT_ENCODER).copied().unwrap();
+    bytes[section.offset as usize..][..8].copy_from_slice(b"XXXXXXXX");
+    let damaged = dir.path().join("damaged.plan");
+    let file = EngineFile::open(&good).unwrap();
+    let mut writer = segicl::format::EngineWriter::new();
+    for s in &file.layout().sections {
+        let payload = &bytes[s.offset as usize..][..s.length as usize];
+        writer = writer.section_with_flags(s.tag, s.flags, payload.to_vec());
+    }
+    std::fs::write(&damaged, writer.to_bytes()).unwrap();
+    let o = run(&["--engine", p(&damaged), "verify"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("FAIL baked encoder plan: not a stored TensorRT plan"), "{}", text(&o));
+}
+
+#[test]
+fn the_tensorrt_backend_and_bake_say_what_they_need() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("baked.plan");
+    for args in [
+        vec!["--engine", p(&engine()), "bake", "-o", p(&out)],
+        vec!["--engine", p(&engine()), "--backend", "tensorrt", "bench", "--frames", "1"],
+    ] {
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", text(&o));
+        let t = text(&o);
+        assert_eq!(t.lines().count(), 1, "{args:?}: one line: {t}");
+        assert!(t.contains("TensorRT") || t.contains("tensorrt"), "{args:?}: {t}");
+        if !cfg!(feature = "tensorrt") {
+            assert!(t.contains("this build has no TensorRT backend: build"), "{args:?}: {t}");
+        }
+    }
+    assert!(!out.exists(), "nothing written");
+}

@@ -7,8 +7,6 @@ use tract_onnx::pb;
 
 /// ONNX element type codes used here.
 pub const FLOAT: i32 = 1;
-/// uint8.
-pub const UINT8: i32 = 2;
 /// int8.
 pub const INT8: i32 = 3;
 /// float16.

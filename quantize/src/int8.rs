@@ -1,15 +1,16 @@
 //! int8 as QDQ: each quantised Conv, MatMul and Gemm reads its weight through a
 //! DequantizeLinear of int8 values with one symmetric scale per output channel, and each of its
 //! activation inputs through a QuantizeLinear/DequantizeLinear pair with a calibrated per-tensor
-//! scale (uint8 for tensors that are never negative, int8 otherwise). Biases stay f32. Other ops
-//! (pooling, softmax, normalisation, resize) run in float on dequantised values.
+//! symmetric int8 scale (`amax / 127`, zero point 0 of type int8, also for tensors that are never
+//! negative: TensorRT imports QDQ as symmetric int8 only). Biases stay f32. Other ops (pooling,
+//! softmax, normalisation, resize) run in float on dequantised values.
 
 use std::collections::{HashMap, HashSet};
 
 use anyhow::{bail, Result};
 use tract_onnx::pb;
 
-use crate::graph::{f32_tensor, get_int_attr, graph, graph_mut, int_attr, node, node_label, raw_tensor, INT8, UINT8};
+use crate::graph::{f32_tensor, get_int_attr, graph, graph_mut, int_attr, node, node_label, raw_tensor, INT8};
 
 /// One Conv, MatMul or Gemm that can be quantised.
 #[derive(Debug, Clone)]
@@ -110,22 +111,20 @@ pub fn select(candidates: Vec<Candidate>, keep: &KeepFloat) -> (Vec<Candidate>, 
     (quantised, kept.into_iter().map(|c| c.name).collect())
 }
 
-/// The int8 representation chosen for one activation tensor.
+/// The int8 representation chosen for one activation tensor: symmetric, zero point 0 of type
+/// int8, whatever the sign of the calibrated values.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ActivationScale {
     /// Quantisation step.
     pub scale: f32,
-    /// uint8 (never negative in calibration) or int8; the zero point is 0 either way.
-    pub unsigned: bool,
 }
 
 impl ActivationScale {
-    /// The scale for a tensor whose calibrated minimum is `min` and clipping magnitude `amax`.
-    pub fn new(min: f32, amax: f32) -> Self {
-        let unsigned = min >= 0.0;
-        let levels = if unsigned { 255.0 } else { 127.0 };
-        let scale = if amax > 0.0 && amax.is_finite() { amax / levels } else { 1.0 };
-        ActivationScale { scale, unsigned }
+    /// The scale for a tensor whose calibrated clipping magnitude is `amax`: `amax / 127` (1 when
+    /// `amax` is 0 or not finite).
+    pub fn new(amax: f32) -> Self {
+        let scale = if amax > 0.0 && amax.is_finite() { amax / 127.0 } else { 1.0 };
+        ActivationScale { scale }
     }
 }
 
@@ -208,7 +207,7 @@ pub fn rewrite(
                         let (s, z, q, dq) =
                             (format!("{id}:s"), format!("{id}:z"), format!("{id}:q"), format!("{id}:dq"));
                         g.initializer.push(f32_tensor(&s, &[], &[a.scale]));
-                        g.initializer.push(raw_tensor(&z, &[], if a.unsigned { UINT8 } else { INT8 }, vec![0]));
+                        g.initializer.push(raw_tensor(&z, &[], INT8, vec![0]));
                         nodes.push(node(
                             "QuantizeLinear",
                             &format!("{id}:QuantizeLinear"),
@@ -255,9 +254,44 @@ mod tests {
     }
 
     #[test]
-    fn activation_scales() {
-        assert_eq!(ActivationScale::new(0.0, 2.55), ActivationScale { scale: 0.01, unsigned: true });
-        assert_eq!(ActivationScale::new(-1.0, 1.27), ActivationScale { scale: 0.01, unsigned: false });
-        assert_eq!(ActivationScale::new(0.0, 0.0).scale, 1.0);
+    fn activation_scales_are_symmetric_int8() {
+        assert_eq!(ActivationScale::new(1.27), ActivationScale { scale: 0.01 });
+        assert_eq!(ActivationScale::new(2.54), ActivationScale { scale: 0.02 });
+        assert_eq!(ActivationScale::new(0.0).scale, 1.0);
+        assert_eq!(ActivationScale::new(f32::INFINITY).scale, 1.0);
+    }
+
+    #[test]
+    fn every_activation_gets_an_int8_zero_point_and_scale_amax_over_127() {
+        // A never-negative activation (a ReLU output) and a signed one, each read by a MatMul.
+        let mut model = pb::ModelProto {
+            graph: Some(pb::GraphProto {
+                node: vec![
+                    node("Relu", "relu", &["x"], "r", vec![]),
+                    node("MatMul", "mm0", &["r", "w"], "y0", vec![]),
+                    node("MatMul", "mm1", &["x", "w"], "y1", vec![]),
+                ],
+                initializer: vec![f32_tensor("w", &[2, 2], &[1.0, -0.5, 0.25, 2.0])],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let quantised = candidates(&model);
+        assert_eq!(quantised.len(), 2);
+        // As `quantize` builds them: from the calibrated amax alone (r: min 0, x: min -3).
+        let scales: HashMap<String, ActivationScale> =
+            [("r", 2.54f32), ("x", 3.0)].map(|(n, amax)| (n.to_string(), ActivationScale::new(amax))).into();
+        rewrite(&mut model, &quantised, &scales).unwrap();
+        let g = graph(&model);
+        let init: HashMap<&str, &pb::TensorProto> = g.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
+        let q: Vec<&pb::NodeProto> = g.node.iter().filter(|n| n.op_type == "QuantizeLinear").collect();
+        assert_eq!(q.len(), 2);
+        for n in q {
+            let amax = if n.input[0] == "r" { 2.54f32 } else { 3.0 };
+            let scale = crate::graph::f32_values(init[n.input[1].as_str()]).unwrap();
+            assert_eq!(scale, vec![amax / 127.0], "{}", n.input[0]);
+            let zero = init[n.input[2].as_str()];
+            assert_eq!((zero.data_type, zero.raw_data.as_slice()), (INT8, &[0u8][..]), "{}", n.input[0]);
+        }
     }
 }

@@ -27,7 +27,7 @@ use crate::int8::{ActivationScale, KeepFloat};
 /// The precision to convert to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Target {
-    /// int8 weights (per output channel) and calibrated int8/uint8 activations, as QDQ graphs.
+    /// int8 weights (per output channel) and calibrated symmetric int8 activations, as QDQ graphs.
     Int8,
     /// f16 weights, f32 arithmetic on the CPU.
     Fp16,
@@ -122,7 +122,7 @@ pub fn quantize(options: &Options) -> Result<Outcome> {
                 options.method,
             )?;
             let scales = |ranges: &HashMap<String, calibrate::TensorRange>| {
-                ranges.iter().map(|(n, r)| (n.clone(), ActivationScale::new(r.min, r.amax))).collect()
+                ranges.iter().map(|(n, r)| (n.clone(), ActivationScale::new(r.amax))).collect()
             };
             int8::rewrite(&mut encoder, &enc_q, &scales(&ranges.encoder)).context("encoder")?;
             int8::rewrite(&mut decoder, &dec_q, &scales(&ranges.decoder)).context("decoder")?;

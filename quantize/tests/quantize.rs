@@ -126,6 +126,47 @@ fn quantised_engines_are_smaller_verify_and_record_their_precision() {
     }
 }
 
+/// Every activation QuantizeLinear of `engine`'s two graphs: checks that its zero point is a
+/// scalar int8 0 and its scale the CALIB section's `amax / 127` for the tensor it reads (TensorRT
+/// imports QDQ as symmetric int8: a uint8 zero point or an `amax / 255` scale would clip at
+/// about amax / 2 there). Returns how many there are.
+fn check_symmetric_int8_activations(engine: &Path) -> usize {
+    use segicl_quantize::graph::{decode, f32_values, graph, INT8};
+    let meta = EngineMetadata::open(engine).unwrap();
+    let calib: serde_json::Value = serde_json::from_slice(meta.file.section(Tag::CALIB).unwrap()).unwrap();
+    let mut count = 0;
+    for (tag, key) in [(Tag::ENCODER, "encoder"), (Tag::DECODER, "decoder")] {
+        let model = decode(meta.file.section(tag).unwrap(), key).unwrap();
+        let g = graph(&model);
+        let init = |name: &str| g.initializer.iter().find(|t| t.name == name).unwrap_or_else(|| panic!("no `{name}`"));
+        for n in g.node.iter().filter(|n| n.op_type == "QuantizeLinear") {
+            let tensor = &n.input[0];
+            let zero = init(&n.input[2]);
+            assert_eq!(
+                (zero.data_type, zero.dims.as_slice(), zero.raw_data.as_slice()),
+                (INT8, &[][..], &[0u8][..]),
+                "{key} `{tensor}`: zero point {zero:?}"
+            );
+            let amax = calib[key][tensor]["amax"].as_f64().unwrap_or_else(|| panic!("{key} `{tensor}` not in CALIB"));
+            let amax = amax as f32;
+            let expected = if amax > 0.0 { amax / 127.0 } else { 1.0 };
+            assert_eq!(f32_values(init(&n.input[1])).unwrap(), vec![expected], "{key} `{tensor}`: scale");
+            count += 1;
+        }
+    }
+    count
+}
+
+#[test]
+fn activations_are_symmetric_int8_in_new_and_shipped_engines() {
+    let dir = tempfile::tempdir().unwrap();
+    let fresh = quantised(&model("segicl-ref.plan"), Target::Int8, dir.path());
+    let shipped = model("segicl-ref-int8.plan");
+    let (fresh, shipped) = (check_symmetric_int8_activations(&fresh), check_symmetric_int8_activations(&shipped));
+    // The reference model's 45 quantised nodes read 51 distinct activation tensors (`auto`).
+    assert_eq!((fresh, shipped), (51, 51));
+}
+
 #[test]
 fn bad_calibration_folders_fail_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();

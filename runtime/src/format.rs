@@ -15,9 +15,10 @@ pub const MAGIC: [u8; 8] = *b"SEGICLEF";
 /// Format major version written and read by this runtime.
 pub const VERSION_MAJOR: u16 = 1;
 /// Newest format minor version this runtime writes: 1.1 adds the CALIB section and the manifest's
-/// `calibration` field. A file is written with the lowest minor version that describes it (1.0
-/// unless it has a CALIB section), so engines without one are byte-identical to 1.0 files.
-pub const VERSION_MINOR: u16 = 1;
+/// `calibration` field, 1.2 the baked TensorRT plans (TRT_ENC, TRT_DEC). A file is written with
+/// the lowest minor version that describes it (1.0 unless it has one of those sections), so
+/// engines without them are byte-identical to 1.0 files.
+pub const VERSION_MINOR: u16 = 2;
 /// Alignment of every section payload, in bytes.
 pub const ALIGNMENT: usize = 4096;
 /// Length of the fixed header.
@@ -53,8 +54,22 @@ impl Tag {
     /// int8 plans (TensorRT).
     pub const CALIB: Tag = Tag(*b"CALIB\0\0\0");
 
+    /// The encoder's TensorRT plan for one device, stored with its key (format 1.2).
+    pub const TRT_ENCODER: Tag = Tag(*b"TRT_ENC\0");
+    /// The decoder's TensorRT plan for one device, stored with its key (format 1.2).
+    pub const TRT_DECODER: Tag = Tag(*b"TRT_DEC\0");
+
     /// Tags this runtime understands.
-    pub const KNOWN: [Tag; 6] = [Tag::MANIFEST, Tag::ENCODER, Tag::DECODER, Tag::CARD, Tag::SHOTS, Tag::CALIB];
+    pub const KNOWN: [Tag; 8] = [
+        Tag::MANIFEST,
+        Tag::ENCODER,
+        Tag::DECODER,
+        Tag::CARD,
+        Tag::SHOTS,
+        Tag::CALIB,
+        Tag::TRT_ENCODER,
+        Tag::TRT_DECODER,
+    ];
 
     /// The tag as text, NUL padding removed, other bytes escaped.
     pub fn name(&self) -> String {
@@ -142,7 +157,14 @@ impl EngineWriter {
         let h = &mut out[..HEADER_LEN];
         h[0..8].copy_from_slice(&MAGIC);
         LE::write_u16(&mut h[8..10], VERSION_MAJOR);
-        let minor = if self.sections.iter().any(|(tag, _, _)| *tag == Tag::CALIB) { VERSION_MINOR } else { 0 };
+        let has = |wanted: &[Tag]| self.sections.iter().any(|(tag, _, _)| wanted.contains(tag));
+        let minor = if has(&[Tag::TRT_ENCODER, Tag::TRT_DECODER]) {
+            2
+        } else if has(&[Tag::CALIB]) {
+            1
+        } else {
+            0
+        };
         LE::write_u16(&mut h[10..12], minor);
         LE::write_u32(&mut h[12..16], 0);
         LE::write_u32(&mut h[16..20], self.sections.len() as u32);
@@ -475,7 +497,15 @@ mod tests {
             .section(Tag::CALIB, b"{}".to_vec())
             .to_bytes();
         let layout = Layout::verify(&with_calib, Path::new("t.plan")).unwrap();
-        assert_eq!((layout.minor, layout.find(Tag::CALIB).unwrap().flags), (VERSION_MINOR, 0));
+        assert_eq!((layout.minor, layout.find(Tag::CALIB).unwrap().flags), (1, 0));
+        let baked = EngineWriter::new()
+            .section(Tag::MANIFEST, b"{}".to_vec())
+            .section(Tag::ENCODER, vec![1; 5000])
+            .section(Tag::DECODER, vec![2; 10])
+            .section(Tag::TRT_DECODER, b"plan".to_vec())
+            .to_bytes();
+        let layout = Layout::verify(&baked, Path::new("t.plan")).unwrap();
+        assert_eq!((layout.minor, layout.find(Tag::TRT_DECODER).unwrap().flags), (VERSION_MINOR, 0));
         // Any minor version is read; only the header CRC covers the field.
         LE::write_u16(&mut bytes[10..12], 7);
         let crc = crc32fast::hash(&bytes[..60]);

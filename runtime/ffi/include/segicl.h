@@ -27,15 +27,16 @@
 
 // Backend to run on.
 typedef enum {
-  // The best one that runs the engine: CUDA (when built and present), then the native CPU
-  // executor, then tract (engines whose ops the native executor lacks).
+  // The best one that runs the engine: TensorRT or CUDA (when built and present), then the
+  // native CPU executor, then tract (engines whose ops the native executor lacks).
   SEGICL_BACKEND_AUTO = 0,
   // The native CPU executor (float and int8 engines whose graphs it lowers; others:
   // SEGICL_ERR_BACKEND).
   SEGICL_BACKEND_CPU,
   // An NVIDIA GPU through CUDA (not in this build: SEGICL_ERR_BACKEND).
   SEGICL_BACKEND_CUDA,
-  // TensorRT on Jetson (not in this build: SEGICL_ERR_UNSUPPORTED).
+  // An NVIDIA GPU through TensorRT: plans built on the device at first open and cached (a
+  // build without it, or a device without TensorRT 10.3+: SEGICL_ERR_BACKEND).
   SEGICL_BACKEND_TENSORRT,
   // tract on the CPU (the reference): every engine whose ops tract knows.
   SEGICL_BACKEND_TRACT,

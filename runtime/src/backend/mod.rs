@@ -7,7 +7,6 @@ pub mod limits;
 pub mod native;
 pub mod onnx;
 pub mod plan;
-#[cfg(any(feature = "tensorrt", test))]
 pub mod tensorrt;
 #[cfg(feature = "tract")]
 pub mod tract;

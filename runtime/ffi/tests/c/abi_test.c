@@ -444,7 +444,7 @@ int main(int argc, char **argv) {
     EXPECT_ERR(segicl_engine_open(engine_path, &o, &bad), SEGICL_ERR_INVALID_ARGUMENT, "open(roi 2)");
     o = segicl_options_default();
     o.backend = SEGICL_BACKEND_TENSORRT;
-    EXPECT_ERR(segicl_engine_open(engine_path, &o, &bad), SEGICL_ERR_UNSUPPORTED, "open(tensorrt)");
+    EXPECT_ERR(segicl_engine_open(engine_path, &o, &bad), SEGICL_ERR_BACKEND, "open(tensorrt)");
     o = segicl_options_default();
     o.backend = SEGICL_BACKEND_CUDA;
     EXPECT_ERR(segicl_engine_open(engine_path, &o, &bad), SEGICL_ERR_BACKEND, "open(cuda)");

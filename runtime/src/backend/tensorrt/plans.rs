@@ -28,8 +28,8 @@ pub fn graph_name(graph: Graph) -> &'static str {
 /// The section holding a graph's baked plan.
 pub fn baked_tag(graph: Graph) -> Tag {
     match graph {
-        Graph::Encoder => Tag(*b"TRT_ENC\0"),
-        Graph::Decoder => Tag(*b"TRT_DEC\0"),
+        Graph::Encoder => Tag::TRT_ENCODER,
+        Graph::Decoder => Tag::TRT_DECODER,
     }
 }
 
@@ -288,6 +288,47 @@ pub fn clipping_warnings(onnx: &[u8]) -> Vec<String> {
 
 /// ONNX's `TensorProto.DataType` for uint8.
 const UINT8: i32 = 2;
+
+/// A plan baked into an engine file, as `inspect` and `verify` show it.
+#[derive(Debug)]
+pub struct Baked {
+    /// Its graph.
+    pub graph: Graph,
+    /// Its key, or why it cannot be read.
+    pub key: std::result::Result<PlanKey, String>,
+    /// Bytes of the plan (with its key).
+    pub len: usize,
+    /// CRC-32 of the engine's section of that graph.
+    pub graph_crc: Option<u32>,
+}
+
+impl Baked {
+    /// What is wrong with it: unreadable, or baked from another graph than the file's.
+    pub fn problem(&self) -> Option<String> {
+        match &self.key {
+            Err(why) => Some(why.clone()),
+            Ok(key) if Some(key.graph_crc) != self.graph_crc => Some(format!(
+                "it was built from a {} graph with crc {:08x}, the file's is {}",
+                graph_name(self.graph),
+                key.graph_crc,
+                self.graph_crc.map_or("missing".into(), |c| format!("{c:08x}"))
+            )),
+            Ok(_) => None,
+        }
+    }
+}
+
+/// The plans baked into `file` (none for most engines).
+pub fn baked(file: &crate::format::EngineFile) -> Vec<Baked> {
+    [(Graph::Encoder, Tag::ENCODER), (Graph::Decoder, Tag::DECODER)]
+        .into_iter()
+        .filter_map(|(graph, source)| {
+            let bytes = file.section(baked_tag(graph))?;
+            let graph_crc = file.layout().find(source).map(|s| s.crc32);
+            Some(Baked { graph, key: decode_record(bytes).map(|(key, _)| key), len: bytes.len(), graph_crc })
+        })
+        .collect()
+}
 
 /// The key of the stored plan `bytes` (a baked section), or what is wrong with it.
 pub fn record_key(bytes: &[u8]) -> Result<PlanKey> {
