@@ -1,16 +1,126 @@
-//! The refiner's two graphs on the CPU: prepared once per refiner ([`RefinerGraphs`]), run by
-//! each session through its own [`GraphStates`]. They run on tract; a build without the `tract`
-//! feature opens no refiner (both types are then uninhabited, and opening says why).
+//! The refiner's two graphs: prepared once per refiner ([`RefinerGraphs`]), run by each session
+//! through its own [`GraphStates`]. They run on the CPU with tract, or, in a build with the
+//! `tensorrt` feature, as TensorRT plans on the GPU. A build without tract or TensorRT opens no
+//! refiner (the CPU types are then uninhabited, and opening says why).
 
+use crate::backend::BackendChoice;
 use crate::error::Result;
 use crate::format::EngineFile;
 
 use super::RefinerManifest;
 
 #[cfg(feature = "tract")]
-pub(crate) use with_tract::{GraphStates, RefinerGraphs};
+use with_tract::{GraphStates as CpuStates, RefinerGraphs as CpuGraphs};
 #[cfg(not(feature = "tract"))]
-pub(crate) use without_tract::{GraphStates, RefinerGraphs};
+use without_tract::{GraphStates as CpuStates, RefinerGraphs as CpuGraphs};
+
+/// Both graphs, prepared on the backend that runs them.
+pub(crate) enum RefinerGraphs {
+    /// On the CPU, with tract.
+    Cpu(CpuGraphs),
+    /// On the GPU, as TensorRT plans.
+    #[cfg(feature = "tensorrt")]
+    TensorRt(std::sync::Arc<crate::backend::tensorrt::DevicePlans>),
+}
+
+impl RefinerGraphs {
+    /// Prepares both graphs of a verified refiner file on `backend`: `tensorrt` on the GPU,
+    /// `auto` there when this build has TensorRT and it opens (else on the CPU, logging why),
+    /// the others on the CPU with `threads` threads. (`cuda` is refused before this.)
+    pub(crate) fn prepare(
+        file: &EngineFile,
+        manifest: &RefinerManifest,
+        backend: BackendChoice,
+        threads: usize,
+    ) -> Result<Self> {
+        let cpu = || Ok(RefinerGraphs::Cpu(CpuGraphs::prepare(file, manifest, threads)?));
+        match backend {
+            BackendChoice::TensorRt => Self::tensorrt(file, manifest),
+            BackendChoice::Auto if cfg!(feature = "tensorrt") => Self::tensorrt(file, manifest).or_else(|e| {
+                log::info!("refiner: on the cpu, not tensorrt: {e}");
+                cpu()
+            }),
+            _ => cpu(),
+        }
+    }
+
+    #[cfg(feature = "tensorrt")]
+    fn tensorrt(file: &EngineFile, manifest: &RefinerManifest) -> Result<Self> {
+        let plans =
+            crate::backend::tensorrt::DevicePlans::open(file, &manifest.precision, &manifest.tensors, "refiner")?;
+        Ok(RefinerGraphs::TensorRt(std::sync::Arc::new(plans)))
+    }
+
+    #[cfg(not(feature = "tensorrt"))]
+    fn tensorrt(_: &EngineFile, _: &RefinerManifest) -> Result<Self> {
+        Err(crate::Error::Backend {
+            backend: "tensorrt",
+            what: "this build has no TensorRT backend: build with --features tensorrt,cuda-12 (JetPack 6) or \
+                   tensorrt,cuda, or run the refiner with --backend cpu"
+                .into(),
+        })
+    }
+
+    /// `cpu` or `tensorrt`.
+    pub(crate) fn backend_name(&self) -> &'static str {
+        match self {
+            RefinerGraphs::Cpu(_) => "cpu",
+            #[cfg(feature = "tensorrt")]
+            RefinerGraphs::TensorRt(_) => "tensorrt",
+        }
+    }
+
+    /// Run states for one session.
+    pub(crate) fn states(&self, manifest: &RefinerManifest) -> Result<GraphStates> {
+        match self {
+            RefinerGraphs::Cpu(graphs) => Ok(GraphStates::Cpu(Box::new(graphs.states(manifest)?))),
+            #[cfg(feature = "tensorrt")]
+            RefinerGraphs::TensorRt(plans) => {
+                Ok(GraphStates::TensorRt { session: plans.session()?, embedding: vec![0.0; manifest.embedding_len()] })
+            }
+        }
+    }
+}
+
+/// One session's states of both graphs.
+pub(crate) enum GraphStates {
+    /// tract's states and input tensors (boxed: the variants differ in size).
+    Cpu(Box<CpuStates>),
+    /// A session of the plans, and the embedding as the encoder leaves it on the host.
+    #[cfg(feature = "tensorrt")]
+    TensorRt { session: crate::backend::tensorrt::PlanSession, embedding: Vec<f32> },
+}
+
+impl GraphStates {
+    /// Runs the encoder on `image` (C planes of N×N) and hands its embedding to `keep`.
+    pub(crate) fn encode(&mut self, image: &[f32], keep: impl FnOnce(&[f32])) -> Result<()> {
+        match self {
+            GraphStates::Cpu(states) => states.encode(image, keep),
+            #[cfg(feature = "tensorrt")]
+            GraphStates::TensorRt { session, embedding } => {
+                use crate::manifest::Graph;
+                session.run(Graph::Encoder, &[("image", image)], &mut [("embedding", embedding)])?;
+                crate::Error::check_finite(embedding, "refiner encoder", "the embedding")?;
+                keep(embedding);
+                Ok(())
+            }
+        }
+    }
+
+    /// Runs the decoder on `embedding` and the box `[x0, y0, x1, y1]` (encoder input pixels)
+    /// into `logits` (M×M); non-finite logits are an error.
+    pub(crate) fn decode(&mut self, embedding: &[f32], b: &[f32; 4], logits: &mut [f32]) -> Result<()> {
+        match self {
+            GraphStates::Cpu(states) => states.decode(embedding, b, logits),
+            #[cfg(feature = "tensorrt")]
+            GraphStates::TensorRt { session, .. } => {
+                use crate::manifest::Graph;
+                session.run(Graph::Decoder, &[("embedding", embedding), ("box", b)], &mut [("logits", logits)])?;
+                crate::Error::check_finite(logits, "refiner decoder", "the logits")
+            }
+        }
+    }
+}
 
 #[cfg(feature = "tract")]
 mod with_tract {

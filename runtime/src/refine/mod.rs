@@ -127,21 +127,23 @@ impl std::fmt::Debug for Refiner {
 impl Refiner {
     /// Maps and verifies `path`, checks both graphs against its manifest and prepares them on
     /// the CPU with tract (`options.threads` threads; the native executor does not run refiners
-    /// yet). The CUDA backend does not run refiners:
-    /// `--backend cuda` is refused saying why; `auto` runs the refiner on the CPU.
+    /// yet), or, with `--backend tensorrt` (or `auto` in a build with TensorRT, when it opens),
+    /// as TensorRT plans on the GPU. The CUDA backend does not run refiners: `--backend cuda` is
+    /// refused saying why; `auto` runs the refiner on TensorRT or the CPU.
     pub fn open(path: impl AsRef<Path>, options: &EngineOptions) -> Result<Refiner> {
         let RefinerMetadata { file, manifest } = RefinerMetadata::open(path.as_ref())?;
         crate::engine::check_threads(options.threads)?;
         if options.backend == BackendChoice::Cuda {
             return Err(cuda_refusal(&file, &manifest));
         }
-        let graphs = RefinerGraphs::prepare(&file, &manifest, options.threads)?;
+        let graphs = RefinerGraphs::prepare(&file, &manifest, options.backend, options.threads)?;
         log::info!(
-            "opened refiner {} ({} {}, input {}², on the cpu)",
+            "opened refiner {} ({} {}, input {}², on the {})",
             file.path().display(),
             manifest.name,
             manifest.version,
-            manifest.input_size
+            manifest.input_size,
+            graphs.backend_name()
         );
         Ok(Refiner(Arc::new(Inner { file, manifest, graphs })))
     }
@@ -166,9 +168,9 @@ impl Refiner {
         Arc::ptr_eq(&self.0, &other.0)
     }
 
-    /// Name of the backend its graphs run on (`cpu`).
+    /// Name of the backend its graphs run on (`cpu` or `tensorrt`).
     pub fn backend_name(&self) -> &'static str {
-        "cpu"
+        self.0.graphs.backend_name()
     }
 }
 
@@ -202,6 +204,26 @@ fn cuda_refusal(_: &EngineFile, _: &RefinerManifest) -> Error {
 mod tests {
     use super::*;
     use crate::manifest::{Direction, Graph};
+
+    /// `--backend tensorrt` opens the refiner on TensorRT or says why not; `auto` takes TensorRT
+    /// where that opens and the CPU otherwise (in CI: no GPU, so the CPU).
+    #[cfg(feature = "tract")]
+    #[test]
+    fn the_refiner_runs_on_tensorrt_where_it_opens_and_auto_falls_back_to_the_cpu() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/litemedsam-int8.refiner");
+        let open = |backend| Refiner::open(&path, &EngineOptions { backend, threads: 1 });
+        let on_tensorrt = match open(BackendChoice::TensorRt) {
+            Ok(refiner) => refiner.backend_name() == "tensorrt",
+            Err(e) => {
+                let e = e.to_string();
+                assert!(e.starts_with("backend tensorrt: "), "{e}");
+                assert!(cfg!(feature = "tensorrt") || e.contains("this build has no TensorRT backend: build"), "{e}");
+                false
+            }
+        };
+        let auto = open(BackendChoice::Auto).unwrap();
+        assert_eq!(auto.backend_name(), if on_tensorrt { "tensorrt" } else { "cpu" });
+    }
 
     /// What `--backend cuda` says about the committed refiner (the CUDA plan is lowered without a
     /// GPU, so this runs everywhere): the first op of each graph the plan does not lower.

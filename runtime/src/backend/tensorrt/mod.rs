@@ -18,7 +18,7 @@ pub mod plans;
 mod runner;
 
 #[cfg(feature = "tensorrt")]
-pub use runner::{bake, prepare};
+pub use runner::{bake, prepare, DevicePlans, PlanSession};
 
 use crate::error::Error;
 

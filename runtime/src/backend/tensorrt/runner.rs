@@ -15,7 +15,7 @@ use crate::backend::cuda::probe;
 use crate::backend::{Backend, Runner};
 use crate::error::Result;
 use crate::format::{EngineFile, Tag};
-use crate::manifest::{DType, Direction, Graph, Manifest};
+use crate::manifest::{DType, Direction, Graph, Manifest, Precision, TensorSpec};
 
 /// The builder's workspace limit: enough for these graphs' tactics, small for a Jetson.
 const WORKSPACE: usize = 256 << 20;
@@ -23,8 +23,9 @@ const WORKSPACE: usize = 256 << 20;
 /// TensorRT's `DataType::kFLOAT`.
 const K_FLOAT: i32 = 0;
 
-/// What the sessions of one engine share.
-struct Shared {
+/// Plans of both graphs of a file (an engine or a refiner) on GPU 0, with every tensor they read
+/// or write; shared by the sessions.
+pub struct DevicePlans {
     encoder: Arc<TrtEngine>,
     decoder: Arc<TrtEngine>,
     /// Every I/O tensor of both graphs (a feature once, shared by both) and its length.
@@ -34,7 +35,7 @@ struct Shared {
 
 /// An engine's two plans on the GPU.
 pub struct TensorRtBackend {
-    shared: Arc<Shared>,
+    plans: Arc<DevicePlans>,
 }
 
 /// TensorRT's libraries (the parser too), checked against the shim's headers.
@@ -95,63 +96,67 @@ fn precision(dtype: DType) -> PlanPrecision {
     }
 }
 
-/// The key of `graph`'s plan for this engine, TensorRT and device.
-fn key(file: &EngineFile, manifest: &Manifest, graph: Graph, trt: &Trt, device: &DeviceId) -> Result<PlanKey> {
-    let tag = match graph {
+/// The section holding `graph`'s ONNX bytes.
+fn source_tag(graph: Graph) -> Tag {
+    match graph {
         Graph::Encoder => Tag::ENCODER,
         Graph::Decoder => Tag::DECODER,
-    };
-    let section = file.layout().find(tag).ok_or_else(|| error(format!("the engine has no {} section", tag.name())))?;
-    let dtype = match graph {
-        Graph::Encoder => manifest.precision.encoder,
-        Graph::Decoder => manifest.precision.decoder,
-    };
+    }
+}
+
+/// The precision of `graph`'s weights.
+fn dtype(precisions: &Precision, graph: Graph) -> DType {
+    match graph {
+        Graph::Encoder => precisions.encoder,
+        Graph::Decoder => precisions.decoder,
+    }
+}
+
+/// The key of `graph`'s plan for this file, TensorRT and device.
+fn key(file: &EngineFile, precisions: &Precision, graph: Graph, trt: &Trt, device: &DeviceId) -> Result<PlanKey> {
+    let tag = source_tag(graph);
+    let section = file.layout().find(tag).ok_or_else(|| error(format!("the file has no {} section", tag.name())))?;
     let libraries = trt.libraries();
     Ok(PlanKey {
         graph,
         graph_crc: section.crc32,
-        precision: precision(dtype).name().into(),
+        precision: precision(dtype(precisions, graph)).name().into(),
         builder: BuildOptions { workspace: WORKSPACE }.describe(),
         tensorrt: format!("{} {}", libraries.product.name, libraries.version),
         device: device.clone(),
     })
 }
 
-/// Both graphs' plans for this device, obtained as [`plans::obtain`] says.
+/// Both graphs' plans for this device, obtained as [`plans::obtain`] says and checked against
+/// `tensors`.
 fn plans_for(
     file: &EngineFile,
-    manifest: &Manifest,
+    precisions: &Precision,
+    tensors: &[TensorSpec],
     trt: &Arc<Trt>,
     device: &DeviceId,
-) -> Result<Vec<(PlanKey, TrtEngine, Origin)>> {
+) -> Result<[(TrtEngine, Origin); 2]> {
     let cache = PlanCache::from_env();
     if cache.is_none() {
         log::warn!("tensorrt: no plan cache (set {}): plans are built at every open", plans::CACHE_VARIABLE);
     }
-    [Graph::Encoder, Graph::Decoder]
-        .into_iter()
-        .map(|graph| {
-            let key = key(file, manifest, graph, trt, device)?;
-            let onnx = file.section(if graph == Graph::Encoder { Tag::ENCODER } else { Tag::DECODER });
-            let onnx = onnx.expect("the key found the section");
-            let baked = file.section(plans::baked_tag(graph));
-            let precision = precision(if graph == Graph::Encoder {
-                manifest.precision.encoder
-            } else {
-                manifest.precision.decoder
-            });
-            let options = BuildOptions { workspace: WORKSPACE };
-            let (engine, origin) = plans::obtain(trt, &key, precision, onnx, baked, cache.as_ref(), &options)?;
-            check_tensors(&engine, manifest, graph)?;
-            Ok((key, engine, origin))
-        })
-        .collect()
+    let plan = |graph| -> Result<(TrtEngine, Origin)> {
+        let key = key(file, precisions, graph, trt, device)?;
+        let onnx = file.section(source_tag(graph)).expect("the key found the section");
+        let baked = file.section(plans::baked_tag(graph));
+        let options = BuildOptions { workspace: WORKSPACE };
+        let precision = precision(dtype(precisions, graph));
+        let (engine, origin) = plans::obtain(trt, &key, precision, onnx, baked, cache.as_ref(), &options)?;
+        check_tensors(&engine, tensors, graph)?;
+        Ok((engine, origin))
+    };
+    Ok([plan(Graph::Encoder)?, plan(Graph::Decoder)?])
 }
 
-/// Checks that `engine` has every tensor the manifest gives `graph`, as f32 of the same shape.
-fn check_tensors(engine: &TrtEngine, manifest: &Manifest, graph: Graph) -> Result<()> {
+/// Checks that `engine` has every tensor `tensors` gives `graph`, as f32 of the same shape.
+fn check_tensors(engine: &TrtEngine, tensors: &[TensorSpec], graph: Graph) -> Result<()> {
     for direction in [Direction::Input, Direction::Output] {
-        for spec in manifest.tensors(graph, direction) {
+        for spec in tensors.iter().filter(|t| t.graph == graph && t.direction == direction) {
             let info = engine
                 .tensor(&spec.name)?
                 .ok_or_else(|| error(format!("the {} plan has no tensor `{}`", plans::graph_name(graph), spec.name)))?;
@@ -171,48 +176,58 @@ fn check_tensors(engine: &TrtEngine, manifest: &Manifest, graph: Graph) -> Resul
     Ok(())
 }
 
-/// Prepares the engine in `file` on GPU 0 through TensorRT, or says why it cannot: the library
-/// missing or of another version, no GPU, a graph TensorRT refuses (naming the node).
-pub fn prepare(file: &EngineFile, manifest: &Manifest) -> Result<Box<dyn Backend>> {
-    let trt = load_libraries()?;
-    let (context, device) = device()?;
-    let mut plans = plans_for(file, manifest, &trt, &device)?.into_iter();
-    let (Some((_, encoder, from_enc)), Some((_, decoder, from_dec))) = (plans.next(), plans.next()) else {
-        unreachable!("plans_for returns both graphs")
-    };
-    log::info!(
-        "tensorrt: {} on {} (sm_{}{}); encoder plan {from_enc:?}, decoder plan {from_dec:?}",
-        trt.libraries().product.name,
-        device.name,
-        device.compute_capability.0,
-        device.compute_capability.1
-    );
-    let mut tensors: Vec<(String, usize)> = Vec::new();
-    for spec in &manifest.tensors {
-        if !tensors.iter().any(|(name, _)| *name == spec.name) {
-            tensors.push((spec.name.clone(), spec.shape.iter().product()));
+impl DevicePlans {
+    /// Opens TensorRT and GPU 0 and obtains the plans of both graphs of `file` (an engine or a
+    /// refiner, `what` in messages), or says why it cannot: the library missing or of another
+    /// version, no GPU, a graph TensorRT refuses (naming the node).
+    pub fn open(file: &EngineFile, precisions: &Precision, tensors: &[TensorSpec], what: &str) -> Result<DevicePlans> {
+        let trt = load_libraries()?;
+        let (context, device) = device()?;
+        let [(encoder, from_enc), (decoder, from_dec)] = plans_for(file, precisions, tensors, &trt, &device)?;
+        log::info!(
+            "tensorrt: {what} on {} with {} (sm_{}{}); encoder plan {from_enc:?}, decoder plan {from_dec:?}",
+            device.name,
+            trt.libraries().product.name,
+            device.compute_capability.0,
+            device.compute_capability.1
+        );
+        let mut all: Vec<(String, usize)> = Vec::new();
+        for spec in tensors {
+            if !all.iter().any(|(name, _)| *name == spec.name) {
+                all.push((spec.name.clone(), spec.shape.iter().product()));
+            }
         }
+        // SAFETY: buffers are used on their session's stream only, in order.
+        unsafe { context.disable_event_tracking() };
+        Ok(DevicePlans { encoder: Arc::new(encoder), decoder: Arc::new(decoder), tensors: all, context })
     }
-    // SAFETY: buffers are used on their session's stream only, in order.
-    unsafe { context.disable_event_tracking() };
-    let shared = Shared { encoder: Arc::new(encoder), decoder: Arc::new(decoder), tensors, context };
-    Ok(Box::new(TensorRtBackend { shared: Arc::new(shared) }))
+
+    /// A session: its own stream, buffers and execution contexts.
+    pub fn session(self: &Arc<Self>) -> Result<PlanSession> {
+        probe::guarded("creating a session", || PlanSession::new(self.clone())).map_err(retag)
+    }
 }
 
-/// The `TRT_*` sections that bake this device's plans into `file`: each graph's plan (baked,
-/// cached or built now) stored with its key.
+/// Prepares the engine in `file` on GPU 0 through TensorRT (see [`DevicePlans::open`]).
+pub fn prepare(file: &EngineFile, manifest: &Manifest) -> Result<Box<dyn Backend>> {
+    let plans = DevicePlans::open(file, &manifest.precision, &manifest.tensors, "engine")?;
+    Ok(Box::new(TensorRtBackend { plans: Arc::new(plans) }))
+}
+
+/// The `TRT_*` sections that bake this device's plans into `file`: each graph's plan, built now,
+/// stored with its key.
 pub fn bake(file: &EngineFile, manifest: &Manifest) -> Result<Vec<(Tag, Vec<u8>)>> {
     let trt = load_libraries()?;
     let (_context, device) = device()?;
-    let options = BuildOptions { workspace: WORKSPACE };
     [Graph::Encoder, Graph::Decoder]
         .into_iter()
         .map(|graph| {
-            let key = key(file, manifest, graph, &trt, &device)?;
-            let onnx = file.section(if graph == Graph::Encoder { Tag::ENCODER } else { Tag::DECODER });
-            let dtype = if graph == Graph::Encoder { manifest.precision.encoder } else { manifest.precision.decoder };
-            let built =
-                trt.build(onnx.expect("the key found the section"), precision(dtype), options.workspace, &[])?;
+            let key = key(file, &manifest.precision, graph, &trt, &device)?;
+            let onnx = file.section(source_tag(graph)).expect("the key found the section");
+            for warning in plans::clipping_warnings(onnx) {
+                log::warn!("tensorrt: {}: {warning}", plans::graph_name(graph));
+            }
+            let built = trt.build(onnx, precision(dtype(&manifest.precision, graph)), WORKSPACE, &[])?;
             trt.deserialize(&built.plan)?;
             Ok((plans::baked_tag(graph), plans::encode_record(&key, &built.plan)))
         })
@@ -225,77 +240,98 @@ impl Backend for TensorRtBackend {
     }
 
     fn runner(&self) -> Result<Box<dyn Runner>> {
-        probe::guarded("creating a session", || Ok(Box::new(TrtRunner::new(self.shared.clone())?) as Box<dyn Runner>))
+        Ok(Box::new(TrtRunner { session: self.plans.session()?, encoded: false }))
     }
 }
 
-/// One session: a stream, a device buffer per tensor (features shared by both passes), and an
-/// execution context per graph with those buffers bound.
-struct TrtRunner {
+/// One session of [`DevicePlans`]: a stream, a device buffer per tensor (a tensor both graphs
+/// name is one buffer, so the encoder's features stay on the device), and an execution context per
+/// plan with those buffers bound once.
+pub struct PlanSession {
     encoder: TrtContext,
     decoder: TrtContext,
-    /// The buffers, in the order of `Shared::tensors`.
+    /// The buffers, in the order of `DevicePlans::tensors`.
     buffers: Vec<CudaSlice<f32>>,
     stream: Arc<CudaStream>,
-    encoded: bool,
-    shared: Arc<Shared>,
+    plans: Arc<DevicePlans>,
 }
 
-impl TrtRunner {
-    fn new(shared: Arc<Shared>) -> Result<TrtRunner> {
-        shared.context.bind_to_thread().map_err(driver_failed("binding the context"))?;
-        let stream = shared.context.new_stream().map_err(driver_failed("creating a stream"))?;
-        let mut buffers = Vec::with_capacity(shared.tensors.len());
-        for (_, len) in &shared.tensors {
+impl PlanSession {
+    fn new(plans: Arc<DevicePlans>) -> Result<PlanSession> {
+        plans.context.bind_to_thread().map_err(driver_failed("binding the context"))?;
+        let stream = plans.context.new_stream().map_err(driver_failed("creating a stream"))?;
+        let mut buffers = Vec::with_capacity(plans.tensors.len());
+        for (_, len) in &plans.tensors {
             buffers.push(stream.alloc_zeros::<f32>((*len).max(1)).map_err(driver_failed("allocating device memory"))?);
         }
-        let mut encoder = shared.encoder.context()?;
-        let mut decoder = shared.decoder.context()?;
-        for ((name, _), buffer) in shared.tensors.iter().zip(&mut buffers) {
+        let mut encoder = plans.encoder.context()?;
+        let mut decoder = plans.decoder.context()?;
+        for ((name, _), buffer) in plans.tensors.iter().zip(&mut buffers) {
             let (address, _) = buffer.device_ptr_mut(&stream);
-            for (context, engine) in [(&mut encoder, &shared.encoder), (&mut decoder, &shared.decoder)] {
+            for (context, engine) in [(&mut encoder, &plans.encoder), (&mut decoder, &plans.decoder)] {
                 if engine.tensor(name)?.is_some() {
                     // SAFETY: the buffer holds the tensor's elements (checked against the
-                    // manifest at open) and lives as long as the runner, which owns both.
+                    // manifest at open) and lives as long as the session, which owns both.
                     unsafe { context.bind(name, address as *mut c_void)? };
                 }
             }
         }
-        Ok(TrtRunner { encoder, decoder, buffers, stream, encoded: false, shared })
+        Ok(PlanSession { encoder, decoder, buffers, stream, plans })
     }
 
     /// The buffer of tensor `name`.
     fn buffer(&mut self, name: &str) -> Result<&mut CudaSlice<f32>> {
-        let index = self.shared.tensors.iter().position(|(n, _)| n == name);
-        index.map(|i| &mut self.buffers[i]).ok_or_else(|| error(format!("the engine has no tensor `{name}`")))
+        let index = self.plans.tensors.iter().position(|(n, _)| n == name);
+        index.map(|i| &mut self.buffers[i]).ok_or_else(|| error(format!("the plans have no tensor `{name}`")))
     }
 
-    /// Copies `inputs` in, runs the graph, copies `output` out.
-    fn pass(&mut self, encoder: bool, inputs: [(&str, &[f32]); 2], output: (&str, &mut [f32])) -> Result<()> {
+    /// Copies `inputs` in, runs `graph`'s plan, copies `outputs` out.
+    pub fn run(&mut self, graph: Graph, inputs: &[(&str, &[f32])], outputs: &mut [(&str, &mut [f32])]) -> Result<()> {
+        probe::guarded(plans::graph_name(graph), || self.run_unguarded(graph, inputs, outputs)).map_err(retag)
+    }
+
+    fn run_unguarded(
+        &mut self,
+        graph: Graph,
+        inputs: &[(&str, &[f32])],
+        outputs: &mut [(&str, &mut [f32])],
+    ) -> Result<()> {
         let stream = self.stream.clone();
-        for (name, data) in inputs {
+        for &(name, data) in inputs {
             let buffer = self.buffer(name)?;
             if buffer.len() != data.len() {
                 return Err(error(format!("`{name}` has {} values, the plan takes {}", data.len(), buffer.len())));
             }
             stream.memcpy_htod(data, buffer).map_err(driver_failed("copying an input to the device"))?;
         }
-        let context = if encoder { &mut self.encoder } else { &mut self.decoder };
-        // SAFETY: the stream is this runner's, on the plans' device; every tensor was bound.
+        let context = if graph == Graph::Encoder { &mut self.encoder } else { &mut self.decoder };
+        // SAFETY: the stream is this session's, on the plans' device; every tensor was bound.
         unsafe { context.enqueue(stream.cu_stream() as *mut c_void)? };
-        let (name, out) = output;
-        let buffer = self.buffer(name)?;
-        if buffer.len() != out.len() {
-            return Err(error(format!("`{name}` has room for {} values, the plan gives {}", out.len(), buffer.len())));
+        for (name, out) in outputs.iter_mut() {
+            let buffer = self.buffer(name)?;
+            if buffer.len() != out.len() {
+                return Err(error(format!(
+                    "`{name}` has room for {} values, the plan gives {}",
+                    out.len(),
+                    buffer.len()
+                )));
+            }
+            stream.memcpy_dtoh(&*buffer, &mut **out).map_err(driver_failed("copying an output from the device"))?;
         }
-        stream.memcpy_dtoh(&*buffer, out).map_err(driver_failed("copying an output from the device"))?;
         stream.synchronize().map_err(driver_failed("running the plan"))
     }
 }
 
+/// An engine's session.
+struct TrtRunner {
+    session: PlanSession,
+    /// Whether the encoder has run, so the decoder has features to read.
+    encoded: bool,
+}
+
 impl Runner for TrtRunner {
     fn encode(&mut self, image: &[f32], mask: &[f32], ctx: &mut [f32]) -> Result<()> {
-        probe::guarded("encoder", || self.pass(true, [("image", image), ("mask", mask)], ("ctx", ctx)))?;
+        self.session.run(Graph::Encoder, &[("image", image), ("mask", mask)], &mut [("ctx", ctx)])?;
         self.encoded = true;
         Ok(())
     }
@@ -304,6 +340,6 @@ impl Runner for TrtRunner {
         if !self.encoded {
             return Err(error("decode called before encode"));
         }
-        probe::guarded("decoder", || self.pass(false, [("ctx", ctx), ("ctx_valid", ctx_valid)], ("logits", logits)))
+        self.session.run(Graph::Decoder, &[("ctx", ctx), ("ctx_valid", ctx_valid)], &mut [("logits", logits)])
     }
 }

@@ -417,6 +417,17 @@ fn the_shim_builds_plans_for_every_bundled_engine() {
             println!("{name} {graph:?}: {} KiB plan, warnings {:?}", built.plan.len() >> 10, built.warnings);
         }
     }
+    // The refiner's graphs (LiteMedSAM, int8 weights) parse and build too: what a refiner path
+    // through TensorRT would run.
+    for (graph, onnx) in graphs("litemedsam-int8.refiner") {
+        let built =
+            trt.build(&onnx, PlanPrecision::Int8, 256 << 20, &[]).unwrap_or_else(|e| panic!("refiner {graph:?}: {e}"));
+        println!(
+            "litemedsam-int8.refiner {graph:?}: {} KiB plan, warnings {:?}",
+            built.plan.len() >> 10,
+            built.warnings
+        );
+    }
     // A graph TensorRT refuses: the error names the node.
     let e = trt.build(b"\x0a\x03abc", PlanPrecision::F32, 1 << 20, &[]).unwrap_err().to_string();
     assert!(e.starts_with("backend tensorrt: TensorRT "), "{e}");
