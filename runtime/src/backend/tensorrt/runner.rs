@@ -183,6 +183,8 @@ impl DevicePlans {
     pub fn open(file: &EngineFile, precisions: &Precision, tensors: &[TensorSpec], what: &str) -> Result<DevicePlans> {
         let trt = load_libraries()?;
         let (context, device) = device()?;
+        // TensorRT deserializes into the current context: cudarc's (the device's primary one).
+        context.bind_to_thread().map_err(driver_failed("binding the context"))?;
         let [(encoder, from_enc), (decoder, from_dec)] = plans_for(file, precisions, tensors, &trt, &device)?;
         log::info!(
             "tensorrt: {what} on {} with {} (sm_{}{}); encoder plan {from_enc:?}, decoder plan {from_dec:?}",
@@ -296,6 +298,8 @@ impl PlanSession {
         inputs: &[(&str, &[f32])],
         outputs: &mut [(&str, &mut [f32])],
     ) -> Result<()> {
+        // A session may move between threads: TensorRT enqueues on the current context.
+        self.plans.context.bind_to_thread().map_err(driver_failed("binding the context"))?;
         let stream = self.stream.clone();
         for &(name, data) in inputs {
             let buffer = self.buffer(name)?;
