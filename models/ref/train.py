@@ -162,6 +162,9 @@ def main():
     ap.add_argument("--validate-every", type=int, default=500)
     ap.add_argument("--init", help="start from this checkpoint's weights (a warm restart: new optimiser "
                     "and schedule); the shipped recipe is 5000 steps, then 3000 more from them")
+    ap.add_argument("--resume", action="store_true", help="continue an interrupted run from OUT/model.pt "
+                    "(weights, optimiser, schedule and random states of its last save): the same result as "
+                    "an uninterrupted run")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -183,10 +186,23 @@ def main():
     warmup = min(200, args.steps // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps))))
-    log = open(os.path.join(args.out, "log.jsonl"), "w")
-    started = time.time()
+    checkpoint = os.path.join(args.out, "model.pt")
+    first, spent = 1, 0.0
+    if args.resume:
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        if "optimiser" not in saved or saved["args"]["steps"] != args.steps:
+            sys.exit(f"{checkpoint} is not a resumable save of a {args.steps}-step run")
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimiser"])
+        sched.load_state_dict(saved["schedule"])
+        rng.bit_generator.state = saved["numpy_rng"]
+        torch.set_rng_state(saved["torch_rng"])
+        first, spent = saved["step"] + 1, saved["seconds"]
+        print(f"resuming at step {first} of {args.steps}")
+    log = open(os.path.join(args.out, "log.jsonl"), "a" if args.resume else "w")
+    started = time.time() - spent
     running = []
-    for step in range(1, args.steps + 1):
+    for step in range(first, args.steps + 1):
         k = int(rng.integers(1, S + 1))
         shots, shot_masks, valid, query, target = make_batch(rng, tasks, args.batch, k, mix)
         logits = model(shots, shot_masks, valid, query)
@@ -208,8 +224,11 @@ def main():
             print(f"validation 3-shot dice {mean:.3f}", flush=True)
             log.write(json.dumps({"step": step, "val_dice": mean, "val": scores}) + "\n")
             log.flush()
+            # Everything --resume needs; export.py and --init read only "model".
             torch.save({"model": model.state_dict(), "step": step, "args": vars(args),
-                        "seconds": time.time() - started}, os.path.join(args.out, "model.pt"))
+                        "seconds": time.time() - started, "optimiser": opt.state_dict(),
+                        "schedule": sched.state_dict(), "numpy_rng": rng.bit_generator.state,
+                        "torch_rng": torch.get_rng_state()}, checkpoint)
 
 
 if __name__ == "__main__":
