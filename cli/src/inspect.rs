@@ -153,20 +153,6 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
         let method = format!("{:?}", c.method).to_lowercase();
         println!("calibration {method} on {} pairs; in float: {float}", c.pairs);
     }
-    if !m.shot_views.is_empty() {
-        let views: Vec<String> = m
-            .shot_views
-            .iter()
-            .map(|v| match (v.mirror, v.gamma) {
-                (true, 1.0) => "mirror".to_string(),
-                (true, g) => format!("mirror+gamma {g}"),
-                (false, g) => format!("gamma {g}"),
-            })
-            .collect();
-        let grid =
-            m.token_grid.map_or(String::new(), |g| format!("; token grid {0}×{0} from token {1}", g.side, g.first));
-        println!("shot views {} (tokens averaged with the shot's){grid}", views.join(", "));
-    }
     print_tensors(&m.tensors);
     print_sections(layout);
     for b in &baked {

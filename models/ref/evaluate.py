@@ -111,23 +111,29 @@ def pairs(result):
 
 
 def print_tables(results, roi):
-    """One row per task: model Dice at 1/2/3 shots, baselines at 3 shots, margin over the better."""
+    """One row per task: model Dice at 1/2/3 shots, baselines at 3 shots (when scored), margin over
+    the better; then the means at 1/2/3 shots."""
+    baselines = all("baselines" in {row["shots"]: row for row in r["results"]}[3] for r in results.values())
     head = "| task | pairs | 1 shot | 2 shots | 3 shots |" + (" 3 shots +roi |" if roi else "")
-    head += " copy-shots (3) | prototype (3) | margin |"
+    head += " copy-shots (3) | prototype (3) | margin |" if baselines else ""
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
-    means = []
+    means = {k: [] for k in (1, 2, 3)}
     for task, r in results.items():
         rows = {row["shots"]: row for row in r["results"]}
         three = rows[3]
         cells = [f"{rows[k]['dice_mean']:.3f}" for k in (1, 2, 3)]
         if roi:
             cells.append(f"{three['roi']['dice_mean']:.3f}")
-        copy, proto = three["baselines"]["copy-shots"]["dice_mean"], three["baselines"]["prototype"]["dice_mean"]
-        margin = three["dice_mean"] - max(copy, proto)
-        means.append(three["dice_mean"])
-        print(f"| {task} | {pairs(r)} | " + " | ".join(cells) + f" | {copy:.3f} | {proto:.3f} | {margin:+.3f} |")
-    print(f"\nmean 3-shot Dice over {len(means)} task(s): {sum(means) / len(means):.3f}")
+        if baselines:
+            copy, proto = three["baselines"]["copy-shots"]["dice_mean"], three["baselines"]["prototype"]["dice_mean"]
+            cells += [f"{copy:.3f}", f"{proto:.3f}", f"{three['dice_mean'] - max(copy, proto):+.3f}"]
+        for k in (1, 2, 3):
+            means[k].append(rows[k]["dice_mean"])
+        print(f"| {task} | {pairs(r)} | " + " | ".join(cells) + " |")
+    n = len(means[3])
+    print(f"\nmean 3-shot Dice over {n} task(s): {sum(means[3]) / n:.3f} "
+          f"(1 shot {sum(means[1]) / n:.3f}, 2 shots {sum(means[2]) / n:.3f})")
 
 
 def print_refined(results):

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from model import GRID, PROTOTYPE_TOKENS, D, R, S, T, DecoderExport, EncoderExport, SegICL  # noqa: E402
+from model import D, R, S, T, DecoderExport, EncoderExport, SegICL  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
@@ -63,27 +63,13 @@ def export_graphs(model, workdir):
     return rows
 
 
-SHOT_VIEWS = {  # --shot-views: support-side ensembling (docs/engine-format.md §8.6)
-    "none": [],
-    "gamma": [{"gamma": 0.7}, {"gamma": 1.4}],
-    "mirror": [{"mirror": True}],
-    "gamma+mirror": [{"gamma": 0.7}, {"gamma": 1.4}, {"mirror": True}, {"mirror": True, "gamma": 0.7},
-                     {"mirror": True, "gamma": 1.4}],
-}
-
-
-def manifest(tensors, version, tasks, views="none"):
-    m = {
+def manifest(tensors, version, tasks):
+    return {
         "name": "segicl-ref", "version": version, "resolution": R, "channels": 1, "colour": "luma",
         "normalisation": {"kind": "min_max"}, "max_shots": S, "tokens_per_shot": T, "token_width": D,
         "threshold": 0.5, "precision": {"encoder": "f32", "decoder": "f32"}, "tensors": tensors,
         "default_shot_tasks": tasks,
     }
-    if SHOT_VIEWS[views]:
-        # The 4x4 grid tokens follow the prototypes (model.py), so a mirrored view is put back in order.
-        m["shot_views"] = SHOT_VIEWS[views]
-        m["token_grid"] = {"first": PROTOTYPE_TOKENS, "side": GRID}
-    return m
 
 
 def stage_shots(spec, workdir, seed=0):
@@ -149,8 +135,6 @@ def main():
     ap.add_argument("--onnx-dir", help="also keep encoder.onnx, decoder.onnx and manifest.json here "
                     "(bench/ort_bench.py --onnx-dir times them in ONNX Runtime)")
     ap.add_argument("--version", default="1.0.0")
-    ap.add_argument("--shot-views", choices=sorted(SHOT_VIEWS), default="none",
-                    help="extra views each shot is encoded as, tokens averaged (models/ref/levers.py measures them)")
     ap.add_argument("--segicl-edge", default=os.path.join(ROOT, "target", "release", "segicl-edge"))
     args = ap.parse_args()
 
@@ -161,7 +145,7 @@ def main():
         tensors = export_graphs(model, work)
         staged = [stage_shots(s, work) for s in args.shots]
         with open(os.path.join(work, "manifest.json"), "w") as f:
-            json.dump(manifest(tensors, args.version, [t for t, _, _ in staged], args.shot_views), f, indent=2)
+            json.dump(manifest(tensors, args.version, [t for t, _, _ in staged]), f, indent=2)
         cmd = [args.segicl_edge, "pack", "--manifest", os.path.join(work, "manifest.json"),
                "--encoder", os.path.join(work, "encoder.onnx"), "--decoder", os.path.join(work, "decoder.onnx"),
                "-o", args.out]

@@ -7,18 +7,20 @@ For every task of the named sets (whole sets, or their validation groups with `-
 draw picks 3 shots (from other groups than the queries where the task has groups) and scores up to
 `--limit` queries at 128x128 with:
 
-- `k=1`, `k=2`, `k=3`: the first 1, 2 or 3 shots, as the runtime runs them today;
-- `k=1 gamma+mirror`: the first shot alone, ensembled as `gamma+mirror` below;
-- `gamma`: every shot also encoded with gamma 0.7 and 1.4 (after the min-max), and the three
-  copies' tokens averaged into the shot's slot;
-- `mirror`: every shot also encoded mirrored left-right, the mirror's 4x4 grid tokens put back in
-  the original's order, and the two copies' tokens averaged;
-- `gamma+mirror`: both;
-- `loo-threshold`: the threshold chosen on the shots: each shot segmented from the other two,
-  the logit threshold (from -2 to 2) with the best mean Dice on them used for the queries.
+- `plain k=1..3`: the first 1, 2 or 3 shots, as the runtime runs them without shot views;
+- `gamma k=1..3`: every shot also encoded with gamma 0.7 and 1.4 (after the min-max), and the
+  three copies' tokens averaged into the shot's slot;
+- `mirror k=1..3`: every shot also encoded mirrored left-right, the mirror's 4x4 grid tokens put
+  back in the original's order, and the two copies' tokens averaged;
+- `gamma+mirror k=1..3`: both, six copies;
+- `loo-threshold k=3`: the threshold chosen on the shots: each shot segmented from the other
+  two, the logit threshold (from -2 to 2) with the best mean Dice on them used for the queries.
 
-These are the candidates of issue 14's "support-side ensembling" and "per-task threshold"; the
-numbers decide which the runtime gets. Dice here is at 128x128 (not the runtime's full-size masks).
+These are the candidates of issue 14's "support-side ensembling" and "per-task threshold". Dice
+here is at 128x128 (not the runtime's full-size masks). On the leave-datasets-out
+model of 2026-12-07 neither paid (README, "The reference model"), so the runtime has neither; commit 48430fb
+has the runtime's shot views (manifest `shot_views`, format 1.3) that measured the same at full
+size, for whoever tries them on another model.
 """
 
 import argparse
@@ -34,7 +36,8 @@ from data import load_tasks  # noqa: E402
 from model import GRID, PROTOTYPE_TOKENS, S, SegICL  # noqa: E402
 
 THRESHOLDS = np.linspace(-2.0, 2.0, 17)
-VARIANTS = ("k=1", "k=1 gamma+mirror", "k=2", "k=3", "gamma", "mirror", "gamma+mirror", "loo-threshold")
+VIEWS = {"plain": (False, False), "gamma": (True, False), "mirror": (False, True), "gamma+mirror": (True, True)}
+VARIANTS = tuple(f"{v} k={k}" for v in VIEWS for k in (1, 2, 3)) + ("loo-threshold k=3",)
 
 
 def minmax(x):
@@ -113,16 +116,13 @@ def evaluate_task(model, task, split, limit, draws, seed):
         xs, ms = x_all[shots], m_all[shots]
         _, *feats = model.encoder(x_all[queries], torch.zeros_like(x_all[queries]))
         target = m_all[queries]
-        plain = shot_tokens(model, xs, ms)
-        for k in (1, 2, 3):
-            scores[f"k={k}"] += dice(decode(model, feats, plain, list(range(k))), target).tolist()
-        for name, g, f in (("gamma", True, False), ("mirror", False, True), ("gamma+mirror", True, True)):
+        for name, (g, f) in VIEWS.items():
             tokens = shot_tokens(model, xs, ms, g, f)
-            scores[name] += dice(decode(model, feats, tokens, [0, 1, 2]), target).tolist()
-            if name == "gamma+mirror":
-                scores["k=1 gamma+mirror"] += dice(decode(model, feats, tokens, [0]), target).tolist()
+            for k in (1, 2, 3):
+                scores[f"{name} k={k}"] += dice(decode(model, feats, tokens, list(range(k))), target).tolist()
+        plain = shot_tokens(model, xs, ms)
         cut = loo_threshold(model, xs, ms, plain)
-        scores["loo-threshold"] += dice(decode(model, feats, plain, [0, 1, 2]), target, cut).tolist()
+        scores["loo-threshold k=3"] += dice(decode(model, feats, plain, [0, 1, 2]), target, cut).tolist()
     return {v: float(np.mean(s)) for v, s in scores.items()}
 
 
@@ -146,7 +146,7 @@ def main():
     wanted = set(args.sets.split(","))
     tasks = [t for t in load_tasks(args.data) if args.sets == "all" or t.set in wanted or t.name in wanted]
     results = {}
-    print("| task | " + " | ".join(VARIANTS) + " |")
+    print("| task | " + " | ".join(VARIANTS).replace("gamma+mirror", "g+m") + " |")
     print("|" + "---|" * (len(VARIANTS) + 1))
     for task in tasks:
         r = evaluate_task(model, task, args.split, args.limit, args.draws, args.seed)

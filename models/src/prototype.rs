@@ -279,8 +279,6 @@ pub fn manifest() -> Manifest {
             t(Decoder, Output, "logits", &[1, 1, r, r]),
         ],
         default_shot_tasks: vec![],
-        shot_views: vec![],
-        token_grid: None,
     }
 }
 

@@ -15,10 +15,10 @@ pub const MAGIC: [u8; 8] = *b"SEGICLEF";
 /// Format major version written and read by this runtime.
 pub const VERSION_MAJOR: u16 = 1;
 /// Newest format minor version this runtime writes: 1.1 adds the CALIB section and the manifest's
-/// `calibration` field, 1.2 the baked TensorRT plans (TRT_ENC, TRT_DEC), 1.3 the manifest's
-/// `shot_views` and `token_grid`. A file is written with the lowest minor version that describes
-/// it (1.0 unless it has one of those), so engines without them are byte-identical to 1.0 files.
-pub const VERSION_MINOR: u16 = 3;
+/// `calibration` field, 1.2 the baked TensorRT plans (TRT_ENC, TRT_DEC). A file is written with
+/// the lowest minor version that describes it (1.0 unless it has one of those sections), so
+/// engines without them are byte-identical to 1.0 files.
+pub const VERSION_MINOR: u16 = 2;
 /// Alignment of every section payload, in bytes.
 pub const ALIGNMENT: usize = 4096;
 /// Length of the fixed header.
@@ -103,8 +103,6 @@ impl Section {
 #[derive(Debug, Default)]
 pub struct EngineWriter {
     sections: Vec<(Tag, u32, Vec<u8>)>,
-    /// Lowest minor version to write, for what the sections' tags do not show (manifest fields).
-    min_minor: u16,
 }
 
 impl EngineWriter {
@@ -117,12 +115,6 @@ impl EngineWriter {
     pub fn section(mut self, tag: Tag, payload: Vec<u8>) -> Self {
         let required = REQUIRED_TAGS.contains(&tag);
         self.sections.push((tag, if required { FLAG_REQUIRED } else { 0 }, payload));
-        self
-    }
-
-    /// Writes at least format minor version `minor` (for a manifest field that needs it).
-    pub fn minor_at_least(mut self, minor: u16) -> Self {
-        self.min_minor = self.min_minor.max(minor);
         self
     }
 
@@ -173,7 +165,7 @@ impl EngineWriter {
         } else {
             0
         };
-        LE::write_u16(&mut h[10..12], minor.max(self.min_minor));
+        LE::write_u16(&mut h[10..12], minor);
         LE::write_u32(&mut h[12..16], 0);
         LE::write_u32(&mut h[16..20], self.sections.len() as u32);
         LE::write_u32(&mut h[20..24], ALIGNMENT as u32);
@@ -496,7 +488,7 @@ mod tests {
     }
 
     #[test]
-    fn the_minor_version_is_the_lowest_that_describes_the_file() {
+    fn a_calib_section_makes_a_1_1_file() {
         let mut bytes = small();
         let with_calib = EngineWriter::new()
             .section(Tag::MANIFEST, b"{}".to_vec())
@@ -513,15 +505,7 @@ mod tests {
             .section(Tag::TRT_DECODER, b"plan".to_vec())
             .to_bytes();
         let layout = Layout::verify(&baked, Path::new("t.plan")).unwrap();
-        assert_eq!((layout.minor, layout.find(Tag::TRT_DECODER).unwrap().flags), (2, 0));
-        let viewed = EngineWriter::new()
-            .minor_at_least(VERSION_MINOR)
-            .section(Tag::MANIFEST, b"{}".to_vec())
-            .section(Tag::ENCODER, vec![1; 5000])
-            .section(Tag::DECODER, vec![2; 10])
-            .section(Tag::CALIB, b"{}".to_vec())
-            .to_bytes();
-        assert_eq!(Layout::verify(&viewed, Path::new("t.plan")).unwrap().minor, VERSION_MINOR);
+        assert_eq!((layout.minor, layout.find(Tag::TRT_DECODER).unwrap().flags), (VERSION_MINOR, 0));
         // Any minor version is read; only the header CRC covers the field.
         LE::write_u16(&mut bytes[10..12], 7);
         let crc = crc32fast::hash(&bytes[..60]);

@@ -30,7 +30,6 @@ pub mod preprocess;
 pub mod refine;
 pub mod roi;
 pub mod session;
-pub mod shot_views;
 pub mod shots;
 
 pub use backend::BackendChoice;

@@ -168,43 +168,6 @@ pub struct Calibration {
     pub float_nodes: Vec<String>,
 }
 
-/// Most extra views of a shot an engine may ask for.
-pub const MAX_SHOT_VIEWS: usize = 8;
-
-/// One extra view of every shot (support-side ensembling): the shot is encoded as it is and as each
-/// view, and the tokens of all of them are averaged into its slot. It costs an encoder pass per
-/// view when a shot is set, and nothing per frame.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct ShotView {
-    /// Mirror the shot left-right (image and mask); the manifest's `token_grid`, if any, is put
-    /// back in the unmirrored order before averaging.
-    #[serde(default)]
-    pub mirror: bool,
-    /// Raise the normalised image (0..=1, `min_max` only) to this power; 1 leaves it as it is.
-    #[serde(default = "ShotView::identity_gamma")]
-    pub gamma: f32,
-}
-
-impl ShotView {
-    fn identity_gamma() -> f32 {
-        1.0
-    }
-}
-
-/// Smallest and largest gamma a [`ShotView`] may have.
-pub const SHOT_VIEW_GAMMA: std::ops::RangeInclusive<f32> = 0.2..=5.0;
-
-/// Tokens of a shot that lie on a square grid over the image, row by row: token
-/// `first + row·side + column` describes cell (row, column). A mirrored [`ShotView`] reverses
-/// the columns of these tokens before they are averaged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TokenGrid {
-    /// Index of the grid's first token within a shot's tokens.
-    pub first: usize,
-    /// Cells per side.
-    pub side: usize,
-}
-
 /// The manifest of an engine.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -238,12 +201,6 @@ pub struct Manifest {
     /// Names of the tasks whose default shots the SHOTS section holds.
     #[serde(default)]
     pub default_shot_tasks: Vec<String>,
-    /// Extra views every shot is encoded as, its tokens averaged over them (empty: none).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub shot_views: Vec<ShotView>,
-    /// The shot tokens that lie on a grid over the image, if any (see [`TokenGrid`]).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub token_grid: Option<TokenGrid>,
 }
 
 impl Manifest {
@@ -310,7 +267,6 @@ impl Manifest {
             return bad("an int8 graph needs a calibration record, and only an int8 graph has one".into());
         }
         self.normalisation.check(c).or_else(bad)?;
-        self.check_shot_views().or_else(bad)?;
         check_tensor_table(&self.tensors, 1 << 28).or_else(bad)?;
         let expect = |graph, direction, name: &str, shape: &[usize]| -> Result<()> {
             let spec = self.spec(graph, direction, name)?;
@@ -347,34 +303,6 @@ impl Manifest {
         }
         if self.tensors(Graph::Decoder, Direction::Input).count() != features + 2 {
             return bad("decoder inputs must be the encoder's `feat_*` outputs, `ctx` and `ctx_valid`".into());
-        }
-        Ok(())
-    }
-
-    /// Checks `shot_views` and `token_grid`: at most [`MAX_SHOT_VIEWS`] views, each gamma within
-    /// [`SHOT_VIEW_GAMMA`] (and 1 unless the normalisation is `min_max`), and a grid that fits
-    /// within a shot's tokens.
-    fn check_shot_views(&self) -> std::result::Result<(), String> {
-        if self.shot_views.len() > MAX_SHOT_VIEWS {
-            return Err(format!("{} shot views; at most {MAX_SHOT_VIEWS}", self.shot_views.len()));
-        }
-        for view in &self.shot_views {
-            if !SHOT_VIEW_GAMMA.contains(&view.gamma) {
-                return Err(format!("shot view gamma {} is outside {SHOT_VIEW_GAMMA:?}", view.gamma));
-            }
-            if view.gamma != 1.0 && self.normalisation != Normalisation::MinMax {
-                return Err("a shot view with a gamma needs min_max normalisation".into());
-            }
-        }
-        if let Some(TokenGrid { first, side }) = self.token_grid {
-            if side == 0
-                || side.checked_mul(side).and_then(|n| n.checked_add(first)).is_none_or(|n| n > self.tokens_per_shot)
-            {
-                return Err(format!(
-                    "token grid of side {side} from token {first} does not fit in {} tokens per shot",
-                    self.tokens_per_shot
-                ));
-            }
         }
         Ok(())
     }
@@ -415,21 +343,13 @@ mod tests {
                 spec(Decoder, Output, "logits", &[1, 1, 32, 32]),
             ],
             default_shot_tasks: vec![],
-            shot_views: vec![],
-            token_grid: None,
         }
     }
 
     #[test]
     fn json_round_trip() {
-        let mut m = manifest();
+        let m = manifest();
         assert_eq!(Manifest::from_json(&m.to_json()).unwrap(), m);
-        m.shot_views = vec![ShotView { mirror: true, gamma: 1.0 }, ShotView { mirror: false, gamma: 0.7 }];
-        m.token_grid = Some(TokenGrid { first: 1, side: 1 });
-        assert_eq!(Manifest::from_json(&m.to_json()).unwrap(), m);
-        // A view names only what it changes.
-        let json = String::from_utf8(m.to_json()).unwrap().replace("\"mirror\": false,", "");
-        assert_eq!(Manifest::from_json(json.as_bytes()).unwrap(), m);
     }
 
     #[test]
@@ -444,22 +364,6 @@ mod tests {
             ("threshold", Box::new(|m| m.threshold = 1.5)),
             ("calibration record", Box::new(|m| m.precision.decoder = DType::I8)),
             ("too large", Box::new(|m| m.tensors[3].shape = vec![usize::MAX, 2, 1, 1])),
-            ("9 shot views", Box::new(|m| m.shot_views = vec![ShotView { mirror: true, gamma: 1.0 }; 9])),
-            ("gamma NaN", Box::new(|m| m.shot_views = vec![ShotView { mirror: false, gamma: f32::NAN }])),
-            ("gamma 6", Box::new(|m| m.shot_views = vec![ShotView { mirror: false, gamma: 6.0 }])),
-            (
-                "needs min_max",
-                Box::new(|m| {
-                    m.normalisation = Normalisation::MeanStd { mean: vec![0.5], std: vec![0.2] };
-                    m.shot_views = vec![ShotView { mirror: false, gamma: 0.7 }];
-                }),
-            ),
-            ("side 2 from token 0", Box::new(|m| m.token_grid = Some(TokenGrid { first: 0, side: 2 }))),
-            ("side 0", Box::new(|m| m.token_grid = Some(TokenGrid { first: 0, side: 0 }))),
-            (
-                "side 1 from token 18446744073709551615",
-                Box::new(|m| m.token_grid = Some(TokenGrid { first: usize::MAX, side: 1 })),
-            ),
         ];
         for (needle, mutate) in cases {
             let mut m = manifest();

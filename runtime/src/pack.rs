@@ -34,9 +34,7 @@ impl EngineParts {
         let mut manifest = self.manifest.clone();
         manifest.default_shot_tasks = self.shots.names().map(str::to_string).collect();
         manifest.validate()?;
-        let views = !manifest.shot_views.is_empty() || manifest.token_grid.is_some();
         let mut w = EngineWriter::new()
-            .minor_at_least(if views { 3 } else { 0 })
             .section(Tag::MANIFEST, manifest.to_json())
             .section(Tag::ENCODER, self.encoder.clone())
             .section(Tag::DECODER, self.decoder.clone());

@@ -15,7 +15,6 @@ use crate::postprocess::{logits_to_mask, threshold_logit};
 use crate::preprocess::{check_mask, Preprocessor};
 use crate::refine::{gate, GateReport, PixelBox, RefineOptions, RefineRunner, RefineTimings, Refiner};
 use crate::roi::{logits_box, mask_box, RoiOptions};
-use crate::shot_views;
 use crate::shots::StoredShot;
 
 /// What [`Session::set_shot`] did.
@@ -110,15 +109,6 @@ pub struct Session {
     /// `ctx_valid` with the excluded slots zeroed.
     loo_valid: Vec<f32>,
     refine_box: Option<PixelBox>,
-    /// Buffers of the engine's shot views (empty when it has none).
-    views: ViewBuffers,
-}
-
-/// A shot view's encoder inputs and tokens.
-struct ViewBuffers {
-    image: Vec<f32>,
-    mask: Vec<f32>,
-    tokens: Vec<f32>,
 }
 
 impl Session {
@@ -142,15 +132,6 @@ impl Session {
             exclude: [false; MAX_SHOTS],
             loo_valid: vec![0.0; MAX_SHOTS * m.tokens_per_shot],
             refine_box: None,
-            views: if m.shot_views.is_empty() {
-                ViewBuffers { image: vec![], mask: vec![], tokens: vec![] }
-            } else {
-                ViewBuffers {
-                    image: vec![0.0; pre.image_len()],
-                    mask: vec![0.0; plane],
-                    tokens: vec![0.0; m.tokens_per_shot * m.token_width],
-                }
-            },
             cut: threshold_logit(m.threshold),
             pre,
             runner,
@@ -166,8 +147,7 @@ impl Session {
 
     /// Sets the shot in `slot` (0, 1 or 2) from an image and its gray8 mask of the same size
     /// (≥ 128 is foreground). The same shot again costs only a hash. In ROI mode the shot's crop
-    /// is encoded too. An engine with shot views (support-side ensembling, see
-    /// [`crate::shot_views`]) encodes the shot once more per view and stores the mean tokens.
+    /// is encoded too.
     pub fn set_shot(&mut self, slot: usize, image: &ImageView, mask: &ImageView) -> Result<ShotUpdate> {
         check_slot(slot)?;
         let hash = content_hash(image, mask);
@@ -188,7 +168,7 @@ impl Session {
             return Ok(ShotUpdate::Copied);
         }
         self.pre.image(image, &mut self.image);
-        self.encode_shot(false)?;
+        self.runner.encode(&self.image, &self.mask, &mut self.tokens)?;
         Error::check_finite(&self.tokens, "encoder", "the shot's context tokens")?;
         if let Some(roi) = self.roi {
             self.encode_crop(roi, image, mask)?;
@@ -206,31 +186,8 @@ impl Session {
         let (image, mask) = (image.crop(crop)?, mask.crop(crop)?);
         self.pre.mask(&mask, &image, &mut self.mask)?;
         self.pre.image(&image, &mut self.image);
-        self.encode_shot(true)?;
+        self.runner.encode(&self.image, &self.mask, &mut self.roi_tokens)?;
         Error::check_finite(&self.roi_tokens, "encoder", "the shot crop's context tokens")
-    }
-
-    /// Encodes the shot in `image` and `mask` into `tokens` (`roi_tokens` for a `crop`): the mean
-    /// of the shot's tokens and those of each of the engine's shot views.
-    fn encode_shot(&mut self, crop: bool) -> Result<()> {
-        let Session { engine, runner, pre, image, mask, tokens, roi_tokens, views, .. } = self;
-        let out = if crop { roi_tokens } else { tokens };
-        runner.encode(image, mask, out)?;
-        let m = engine.manifest();
-        if m.shot_views.is_empty() {
-            return Ok(());
-        }
-        for view in &m.shot_views {
-            shot_views::apply(view, pre.resolution(), image, mask, &mut views.image, &mut views.mask);
-            runner.encode(&views.image, &views.mask, &mut views.tokens)?;
-            if let (true, Some(grid)) = (view.mirror, m.token_grid) {
-                shot_views::unmirror_grid(grid, m.token_width, &mut views.tokens);
-            }
-            out.iter_mut().zip(&views.tokens).for_each(|(o, v)| *o += v);
-        }
-        let n = (1 + m.shot_views.len()) as f32;
-        out.iter_mut().for_each(|o| *o /= n);
-        Ok(())
     }
 
     /// Empties `slot`; returns whether it held a shot.
@@ -608,80 +565,5 @@ mod tests {
         // Slot 0 claims B's hash but holds A: B is copied from slot 1, which holds it.
         assert_eq!(session.set_shot(0, &b.view(), &b_mask.view()).unwrap(), ShotUpdate::Copied, "kept A");
         assert_eq!(session.set_shot(0, &b.view(), &b_mask.view()).unwrap(), ShotUpdate::Unchanged);
-    }
-
-    /// `image` (gray8) mirrored left-right.
-    fn mirrored(image: &OwnedImage) -> OwnedImage {
-        let mut out = image.clone();
-        for (dst, src) in out.data.chunks_exact_mut(image.width).zip(image.data.chunks_exact(image.width)) {
-            dst.iter_mut().zip(src.iter().rev()).for_each(|(d, s)| *d = *s);
-        }
-        out
-    }
-
-    /// An engine with views [mirrored, gamma 0.5] stores, for a shot, the mean of three encodings
-    /// made here without `shot_views`: the shot, the mirrored shot (its 4×4 grid tokens put back
-    /// in order) and the shot's normalised image raised to 0.5. Its file is format 1.3.
-    #[test]
-    fn shot_views_store_the_mean_tokens_of_the_shot_and_its_views() {
-        use crate::manifest::{ShotView, TokenGrid};
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/segicl-ref.plan");
-        let plain = Engine::open(&path, &EngineOptions::default()).unwrap();
-        let meta = crate::engine::EngineMetadata::open(&path).unwrap();
-        let mut manifest = meta.manifest.clone();
-        manifest.shot_views = vec![ShotView { mirror: true, gamma: 1.0 }, ShotView { mirror: false, gamma: 0.5 }];
-        let grid = TokenGrid { first: 6, side: 4 };
-        manifest.token_grid = Some(grid);
-        let section = |tag| meta.file.section(tag).unwrap().to_vec();
-        let parts = crate::pack::EngineParts {
-            manifest,
-            encoder: section(crate::format::Tag::ENCODER),
-            decoder: section(crate::format::Tag::DECODER),
-            card: None,
-            shots: Default::default(),
-            calib: None,
-        };
-        let dir = tempfile::tempdir().unwrap();
-        let viewed_path = dir.path().join("viewed.plan");
-        parts.write(&viewed_path).unwrap();
-        let bytes = std::fs::read(&viewed_path).unwrap();
-        assert_eq!(crate::format::Layout::verify(&bytes, &viewed_path).unwrap().minor, 3);
-        let mut viewed = Engine::open(&viewed_path, &EngineOptions::default()).unwrap().session().unwrap();
-
-        let (image, mask) = shot(3);
-        let mut session = plain.session().unwrap();
-        session.set_shot(0, &image.view(), &mask.view()).unwrap();
-        let shot_tokens = session.cache.tokens(0).to_vec();
-        session.set_shot(0, &mirrored(&image).view(), &mirrored(&mask).view()).unwrap();
-        let mut mirror_tokens = session.cache.tokens(0).to_vec();
-        let width = plain.manifest().token_width;
-        for row in 0..4 {
-            let cells: Vec<Vec<f32>> = (0..4)
-                .map(|c| {
-                    let t = grid.first + row * 4 + c;
-                    mirror_tokens[t * width..(t + 1) * width].to_vec()
-                })
-                .collect();
-            for (c, cell) in cells.iter().rev().enumerate() {
-                let t = grid.first + row * 4 + c;
-                mirror_tokens[t * width..(t + 1) * width].copy_from_slice(cell);
-            }
-        }
-        session.pre.image(&image.view(), &mut session.image);
-        session.image.iter_mut().for_each(|v| *v = v.sqrt());
-        session.pre.mask(&mask.view(), &image.view(), &mut session.mask).unwrap();
-        let mut gamma_tokens = vec![0.0; shot_tokens.len()];
-        session.runner.encode(&session.image, &session.mask, &mut gamma_tokens).unwrap();
-
-        viewed.set_shot(0, &image.view(), &mask.view()).unwrap();
-        let mean = viewed.cache.tokens(0);
-        let mut worst: f32 = 0.0;
-        for (i, m) in mean.iter().enumerate() {
-            let expected = (shot_tokens[i] + mirror_tokens[i] + gamma_tokens[i]) / 3.0;
-            worst = worst.max((m - expected).abs());
-        }
-        assert!(worst < 1e-4, "max |difference| {worst}");
-        let moved = mean.iter().zip(&shot_tokens).map(|(m, s)| (m - s).abs()).fold(0.0, f32::max);
-        assert!(moved > 1e-2, "the views changed the tokens by only {moved}");
     }
 }
