@@ -125,7 +125,7 @@ def dice(logits, target):
 
 
 @torch.no_grad()
-def validate(model, tasks, episodes=6, k=3, seed=99):
+def validate(model, tasks, episodes=6, k=3, seed=99, device="cpu"):
     """Mean 3-shot Dice over fixed validation episodes of every task that has a validation split."""
     model.eval()
     rng = np.random.default_rng(seed)
@@ -138,11 +138,11 @@ def validate(model, tasks, episodes=6, k=3, seed=99):
             shots, query = pick_episode(rng, task, k, split="val")
             batch.append(shots + [query])
         idx = np.array(batch)
-        x = torch.from_numpy(task.images[idx].astype(np.float32) / 255.0)[:, :, None]
+        x = torch.from_numpy(task.images[idx].astype(np.float32) / 255.0)[:, :, None].to(device)
         lo = x.amin(dim=(2, 3, 4), keepdim=True)
         x = (x - lo) / (x.amax(dim=(2, 3, 4), keepdim=True) - lo).clamp(min=1e-6)
-        m = torch.from_numpy(task.masks[idx].astype(np.float32))[:, :, None]
-        valid = torch.ones(len(idx), S)
+        m = torch.from_numpy(task.masks[idx].astype(np.float32))[:, :, None].to(device)
+        valid = torch.ones(len(idx), S, device=device)
         scores[task.name] = dice(model(x[:, :k], m[:, :k], valid, x[:, k]), m[:, k])
     model.train()
     return scores
@@ -159,6 +159,8 @@ def main():
     ap.add_argument("--mix", default="0.6,0.25,0.15", help="real,ssl,synthetic episode shares")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="torch device to train on (`cuda` where a GPU is at hand; "
+                    "episodes are still made on the CPU, and results differ from a CPU run in the last bits)")
     ap.add_argument("--validate-every", type=int, default=500)
     ap.add_argument("--init", help="start from this checkpoint's weights (a warm restart: new optimiser "
                     "and schedule); the shipped recipe is 5000 steps, then 3000 more from them")
@@ -181,6 +183,7 @@ def main():
     model = SegICL()
     if args.init:
         model.load_state_dict(torch.load(args.init, map_location="cpu", weights_only=True)["model"])
+    model.to(args.device)
     print(f"{len(tasks)} tasks, {parameter_count(model)} parameters, excluding {sorted(exclude) or 'nothing'}")
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     warmup = min(200, args.steps // 10)
@@ -189,14 +192,16 @@ def main():
     checkpoint = os.path.join(args.out, "model.pt")
     first, spent = 1, 0.0
     if args.resume:
-        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        saved = torch.load(checkpoint, map_location=args.device, weights_only=False)
         if "optimiser" not in saved or saved["args"]["steps"] != args.steps:
             sys.exit(f"{checkpoint} is not a resumable save of a {args.steps}-step run")
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimiser"])
         sched.load_state_dict(saved["schedule"])
         rng.bit_generator.state = saved["numpy_rng"]
-        torch.set_rng_state(saved["torch_rng"])
+        torch.set_rng_state(saved["torch_rng"].cpu())
+        if "cuda_rng" in saved:
+            torch.cuda.set_rng_state(saved["cuda_rng"].cpu())
         first, spent = saved["step"] + 1, saved["seconds"]
         print(f"resuming at step {first} of {args.steps}")
     log = open(os.path.join(args.out, "log.jsonl"), "a" if args.resume else "w")
@@ -204,7 +209,8 @@ def main():
     running = []
     for step in range(first, args.steps + 1):
         k = int(rng.integers(1, S + 1))
-        shots, shot_masks, valid, query, target = make_batch(rng, tasks, args.batch, k, mix)
+        batch = make_batch(rng, tasks, args.batch, k, mix)
+        shots, shot_masks, valid, query, target = (t.to(args.device) for t in batch)
         logits = model(shots, shot_masks, valid, query)
         loss = loss_fn(logits, target)
         opt.zero_grad(set_to_none=True)
@@ -219,7 +225,7 @@ def main():
             print(f"step {step}/{args.steps} loss {l:.3f} dice {d:.3f} {time.time() - started:.0f}s", flush=True)
             log.write(json.dumps({"step": step, "loss": l, "dice": d, "seconds": time.time() - started}) + "\n")
         if step % args.validate_every == 0 or step == args.steps:
-            scores = validate(model, tasks)
+            scores = validate(model, tasks, device=args.device)
             mean = float(np.mean(list(scores.values()))) if scores else float("nan")
             print(f"validation 3-shot dice {mean:.3f}", flush=True)
             log.write(json.dumps({"step": step, "val_dice": mean, "val": scores}) + "\n")
@@ -228,7 +234,9 @@ def main():
             torch.save({"model": model.state_dict(), "step": step, "args": vars(args),
                         "seconds": time.time() - started, "optimiser": opt.state_dict(),
                         "schedule": sched.state_dict(), "numpy_rng": rng.bit_generator.state,
-                        "torch_rng": torch.get_rng_state()}, checkpoint)
+                        "torch_rng": torch.get_rng_state(),
+                        **({"cuda_rng": torch.cuda.get_rng_state()} if args.device.startswith("cuda") else {})},
+                       checkpoint)
 
 
 if __name__ == "__main__":
