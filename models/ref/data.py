@@ -77,10 +77,12 @@ def pick_episode(rng, task, k, split="train"):
     return list(shots), query
 
 
-def real_episode(rng, task, k):
+def real_episode(rng, task, k, with_source=False):
+    """k shots and a query of `task` (images, masks); with_source also returns (task, indices)."""
     shots, query = pick_episode(rng, task, k)
     idx = shots + [query]
-    return task.images[idx].astype(np.float32) / 255.0, task.masks[idx].astype(np.float32)
+    episode = task.images[idx].astype(np.float32) / 255.0, task.masks[idx].astype(np.float32)
+    return (*episode, (task, idx)) if with_source else episode
 
 
 def pseudo_mask(rng, image):
@@ -100,14 +102,17 @@ def pseudo_mask(rng, image):
     return None
 
 
-def ssl_episode(rng, tasks, k):
-    """k+1 copies of one real image with a pseudo-target; views differ by per-image augmentation."""
+def ssl_episode(rng, tasks, k, with_source=False):
+    """k+1 copies of one real image with a pseudo-target; views differ by per-image augmentation.
+    with_source also returns (task, indices)."""
     while True:
         task = tasks[rng.integers(len(tasks))]
-        image = task.images[rng.choice(task.train)].astype(np.float32) / 255.0
+        index = rng.choice(task.train)
+        image = task.images[index].astype(np.float32) / 255.0
         mask = pseudo_mask(rng, image)
         if mask is not None:
-            return np.repeat(image[None], k + 1, 0), np.repeat(mask[None], k + 1, 0)
+            episode = np.repeat(image[None], k + 1, 0), np.repeat(mask[None], k + 1, 0)
+            return (*episode, (task, [index] * (k + 1))) if with_source else episode
 
 
 def smooth_noise(rng, scale):

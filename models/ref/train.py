@@ -16,6 +16,11 @@ mask with a shared random margin, as the runtime's ROI pass sees shots and frame
 Task augmentation (one random transform for the whole episode, UniverSeg-style): flips, 90-degree
 rotations, an affine warp, intensity inversion and gamma; then a smaller per-image jitter so the
 shots and the query never line up exactly.
+
+`--distill DIR` adds a distillation loss (issue 14's lever): the encoder's 1/8 features of each
+real or pseudo-task query, through a small head that is never exported, are pulled towards a
+pretrained medical encoder's features of the same image (LiteMedSAM's, made once by teacher.py),
+warped with the query. The exported model and the engine contract do not change.
 """
 
 import argparse
@@ -31,7 +36,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from data import load_tasks, pick_episode, real_episode, ssl_episode, synthetic_episode  # noqa: E402
-from model import R, S, SegICL, parameter_count  # noqa: E402
+from model import D, R, S, SegICL, parameter_count  # noqa: E402
 
 KINDS = ("real", "ssl", "synthetic")
 ZOOM_SHARE = 0.25  # episodes cropped around their masks (the ROI pass's view)
@@ -55,17 +60,25 @@ def roi_crop(rng, mask, margin):
     return np.array([[half, 0, centre[0]], [0, half, centre[1]], [0, 0, 1]])
 
 
-def augment_episode(rng, images, masks, kind):
+def augment_episode(rng, images, masks, kind, feats=None):
     """Same transform for the episode's images (task augmentation), then per-image jitter.
-    images, masks: [k+1, R, R] float32 -> tensors [k+1, 1, R, R]."""
+    images, masks: [k+1, R, R] float32 -> tensors [k+1, 1, R, R]. Teacher features `feats`
+    [k+1, C, h, w] (or None) get the same spatial transforms; returns (images, masks, feats)."""
     x = torch.from_numpy(np.ascontiguousarray(images))[:, None]
     m = torch.from_numpy(np.ascontiguousarray(masks))[:, None]
+    f = None if feats is None else torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32))
+    spatial = [x, m, f]
+
+    def each(op):
+        spatial[:] = [None if t is None else op(t) for t in spatial]
+
     if rng.random() < 0.5:
-        x, m = x.flip(-1), m.flip(-1)
+        each(lambda t: t.flip(-1))
     if rng.random() < 0.3:
-        x, m = x.flip(-2), m.flip(-2)
+        each(lambda t: t.flip(-2))
     quarter = int(rng.integers(4)) if rng.random() < 0.3 else 0
-    x, m = torch.rot90(x, quarter, (-2, -1)), torch.rot90(m, quarter, (-2, -1))
+    each(lambda t: torch.rot90(t, quarter, (-2, -1)))
+    x, m, f = spatial
     episode = affine(rng, 15, 1.2, 0.1) if rng.random() < 0.5 else np.eye(3)
     strength = 2.0 if kind == "ssl" else 1.0
     jitter = [affine(rng, 8 * strength, 1 + 0.08 * strength, 0.06 * strength) for _ in range(len(x))]
@@ -75,6 +88,9 @@ def augment_episode(rng, images, masks, kind):
     thetas = [(episode @ j)[:2] for j in jitter]
     theta = torch.tensor(np.stack(thetas), dtype=torch.float32)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    if f is not None:
+        small = F.affine_grid(theta, list(f.shape), align_corners=False)
+        f = F.grid_sample(f, small, mode="bilinear", padding_mode="reflection", align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     m = (F.grid_sample(m, grid, mode="bilinear", padding_mode="zeros", align_corners=False) > 0.5).float()
     if rng.random() < 0.15:
@@ -83,31 +99,75 @@ def augment_episode(rng, images, masks, kind):
     x = x + torch.randn_like(x) * float(rng.uniform(0, 0.04))
     lo = x.amin(dim=(1, 2, 3), keepdim=True)
     hi = x.amax(dim=(1, 2, 3), keepdim=True)
-    return (x - lo) / (hi - lo).clamp(min=1e-6), m  # the runtime's per-image min-max
+    return (x - lo) / (hi - lo).clamp(min=1e-6), m, f  # the runtime's per-image min-max
 
 
-def make_batch(rng, tasks, batch, k, mix):
+def make_batch(rng, tasks, batch, k, mix, teacher=None):
+    """A batch of episodes. With `teacher` (task name -> [N, C, h, w] features of its images), also
+    the queries' teacher features (zeros for synthetic episodes) and which queries have them."""
     shots = torch.zeros(batch, S, 1, R, R)
     shot_masks = torch.zeros(batch, S, 1, R, R)
-    queries, targets = [], []
+    queries, targets, taught, has = [], [], [], []
     for b in range(batch):
         kind = KINDS[rng.choice(3, p=mix)]
         for _ in range(20):
+            feats = None
             if kind == "real":
-                images, masks = real_episode(rng, tasks[rng.integers(len(tasks))], k)
+                episode = real_episode(rng, tasks[rng.integers(len(tasks))], k, with_source=teacher is not None)
             elif kind == "ssl":
-                images, masks = ssl_episode(rng, tasks, k)
+                episode = ssl_episode(rng, tasks, k, with_source=teacher is not None)
             else:
-                images, masks = synthetic_episode(rng, k)
-            x, m = augment_episode(rng, images, masks, kind)
+                episode = synthetic_episode(rng, k)
+            images, masks = episode[:2]
+            if teacher is not None and kind != "synthetic":
+                task, idx = episode[2]
+                feats = teacher[task.name][idx]
+            x, m, f = augment_episode(rng, images, masks, kind, feats)
             if m[-1].sum() > 0 and (m[:-1].flatten(1).sum(1) > 0).all():
                 break
         shots[b, :k], shot_masks[b, :k] = x[:k], m[:k]
         queries.append(x[k])
         targets.append(m[k])
+        if teacher is not None:
+            c, h, w = next(iter(teacher.values())).shape[1:]
+            taught.append(torch.zeros(c, h, w) if f is None else f[k])
+            has.append(float(f is not None))
     valid = torch.zeros(batch, S)
     valid[:, :k] = 1
-    return shots, shot_masks, valid, torch.stack(queries), torch.stack(targets)
+    batch = (shots, shot_masks, valid, torch.stack(queries), torch.stack(targets))
+    return batch + ((torch.stack(taught), torch.tensor(has)) if teacher is not None else ())
+
+
+class DistillHead(torch.nn.Module):
+    """Maps the student's 1/8 features (the encoder's second projection, D channels) to the
+    teacher's channels; trained with the model, never exported."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Conv2d(D, 128, 1), torch.nn.ReLU(), torch.nn.Conv2d(128, channels, 1))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def distill_loss(student, teacher, has):
+    """1 - cosine similarity per pixel, averaged over the pixels of the queries that have teacher
+    features."""
+    cos = F.cosine_similarity(student, teacher, dim=1, eps=1e-6).mean(dim=(1, 2))
+    return ((1 - cos) * has).sum() / has.sum().clamp(min=1)
+
+
+def load_teacher(folder, tasks):
+    """Teacher features of every task (teacher.py's OUT/<task>.npy), checked against the task."""
+    teacher = {}
+    for task in tasks:
+        path = os.path.join(folder, f"{task.name}.npy")
+        if not os.path.exists(path):
+            sys.exit(f"--distill: {path} is missing (models/ref/teacher.py makes it)")
+        teacher[task.name] = np.load(path, mmap_mode="r")
+        if len(teacher[task.name]) != len(task.images):
+            sys.exit(f"--distill: {path} has {len(teacher[task.name])} rows, the task {len(task.images)} images")
+    return teacher
 
 
 def loss_fn(logits, target):
@@ -164,6 +224,9 @@ def main():
     ap.add_argument("--validate-every", type=int, default=500)
     ap.add_argument("--init", help="start from this checkpoint's weights (a warm restart: new optimiser "
                     "and schedule); the shipped recipe is 5000 steps, then 3000 more from them")
+    ap.add_argument("--distill", metavar="DIR", help="teacher features (models/ref/teacher.py) to distil into "
+                    "the encoder's 1/8 features of every real and pseudo-task query")
+    ap.add_argument("--distill-weight", type=float, default=0.5, help="weight of the distillation loss")
     ap.add_argument("--resume", action="store_true", help="continue an interrupted run from OUT/model.pt "
                     "(weights, optimiser, schedule and random states of its last save): the same result as "
                     "an uninterrupted run")
@@ -184,8 +247,15 @@ def main():
     if args.init:
         model.load_state_dict(torch.load(args.init, map_location="cpu", weights_only=True)["model"])
     model.to(args.device)
+    teacher = load_teacher(args.distill, tasks) if args.distill else None
+    head, taught = None, {}
+    if teacher is not None:
+        head = DistillHead(next(iter(teacher.values())).shape[1]).to(args.device)
+        # The encoder runs on the shots, then on the query: the hook keeps the query's features.
+        model.encoder.proj[1].register_forward_hook(lambda _m, _i, out: taught.update(student=out))
     print(f"{len(tasks)} tasks, {parameter_count(model)} parameters, excluding {sorted(exclude) or 'nothing'}")
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    params = list(model.parameters()) + (list(head.parameters()) if head is not None else [])
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
     warmup = min(200, args.steps // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps))))
@@ -196,6 +266,8 @@ def main():
         if "optimiser" not in saved or saved["args"]["steps"] != args.steps:
             sys.exit(f"{checkpoint} is not a resumable save of a {args.steps}-step run")
         model.load_state_dict(saved["model"])
+        if head is not None:
+            head.load_state_dict(saved["distill_head"])
         opt.load_state_dict(saved["optimiser"])
         sched.load_state_dict(saved["schedule"])
         rng.bit_generator.state = saved["numpy_rng"]
@@ -209,21 +281,25 @@ def main():
     running = []
     for step in range(first, args.steps + 1):
         k = int(rng.integers(1, S + 1))
-        batch = make_batch(rng, tasks, args.batch, k, mix)
-        shots, shot_masks, valid, query, target = (t.to(args.device) for t in batch)
+        batch = [t.to(args.device) for t in make_batch(rng, tasks, args.batch, k, mix, teacher)]
+        shots, shot_masks, valid, query, target = batch[:5]
         logits = model(shots, shot_masks, valid, query)
         loss = loss_fn(logits, target)
+        distilled = distill_loss(head(taught["student"]), *batch[5:]) if head is not None else torch.zeros(())
+        loss = loss + args.distill_weight * distilled
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        running.append((loss.item(), dice(logits.detach(), target)))
+        running.append((loss.item(), dice(logits.detach(), target), distilled.item()))
         if step % 50 == 0:
-            l, d = np.mean(running, axis=0)
+            l, d, t = np.mean(running, axis=0)
             running = []
-            print(f"step {step}/{args.steps} loss {l:.3f} dice {d:.3f} {time.time() - started:.0f}s", flush=True)
-            log.write(json.dumps({"step": step, "loss": l, "dice": d, "seconds": time.time() - started}) + "\n")
+            extra = f" distill {t:.3f}" if head is not None else ""
+            print(f"step {step}/{args.steps} loss {l:.3f} dice {d:.3f}{extra} {time.time() - started:.0f}s", flush=True)
+            log.write(json.dumps({"step": step, "loss": l, "dice": d, "seconds": time.time() - started,
+                                  **({"distill": t} if head is not None else {})}) + "\n")
         if step % args.validate_every == 0 or step == args.steps:
             scores = validate(model, tasks, device=args.device)
             mean = float(np.mean(list(scores.values()))) if scores else float("nan")
@@ -235,6 +311,7 @@ def main():
                         "seconds": time.time() - started, "optimiser": opt.state_dict(),
                         "schedule": sched.state_dict(), "numpy_rng": rng.bit_generator.state,
                         "torch_rng": torch.get_rng_state(),
+                        **({"distill_head": head.state_dict()} if head is not None else {}),
                         **({"cuda_rng": torch.cuda.get_rng_state()} if args.device.startswith("cuda") else {})},
                        checkpoint)
 
