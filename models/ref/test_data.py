@@ -400,6 +400,21 @@ class DataTest(unittest.TestCase):
                 self.assertTrue(0 <= images.min() and images.max() <= 1)
                 self.assertLessEqual(set(np.unique(masks).tolist()), {0.0, 1.0})
 
+    def test_episode_sources_name_the_images_without_changing_the_draws(self):
+        """with_source (distillation's teacher lookup) returns the task and the indices of the
+        episode's images, and draws exactly what the same seed draws without it."""
+        tasks = data.load_tasks(OUT)
+        for k in (1, 3):
+            for make in (lambda rng, w: data.real_episode(rng, tasks[0], k, with_source=w),
+                         lambda rng, w: data.ssl_episode(rng, tasks, k, with_source=w)):
+                plain, sourced = make(np.random.default_rng(k), False), make(np.random.default_rng(k), True)
+                self.assertEqual(len(plain), 2)
+                np.testing.assert_array_equal(plain[0], sourced[0])
+                np.testing.assert_array_equal(plain[1], sourced[1])
+                task, idx = sourced[2]
+                self.assertEqual(len(idx), k + 1)
+                np.testing.assert_array_equal(sourced[0], task.images[idx].astype(np.float32) / 255.0)
+
     def test_pseudo_mask_is_one_region_or_none(self):
         """A non-empty 0/1 float mask: one region with under 50 % of the pixels (the closing adds a
         little), or None when no region qualifies (a flat image). The 1 % floor: see the next test."""
